@@ -1,0 +1,75 @@
+"""The engine's exceptions: one root, EngineError, so callers can catch everything we raise.
+
+EngineError
+├── ConfigError                 a setting, job field or identifier is wrong (names it)
+│   └── IdentifierError         a table or column name that cannot be used safely
+├── LifecycleError              an Engine used out of order (reused, run before open)
+├── StoreError                  the database failed
+│   ├── TransientStoreError     deadlock, lock timeout, serialization, "database is locked",
+│   │                           lost connection: safe to retry the whole transaction
+│   └── StaleClaimError         a fenced write found another worker's claim token
+├── BatchApiError               the Batch API refused or failed a call
+│   ├── TransientApiError       429, 5xx, timeouts, dropped connections: retried
+│   └── AuthenticationError     the key was refused (401/403): never retried
+└── ResultError                 one output line could not be used (reason kept per row)
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AuthenticationError",
+    "BatchApiError",
+    "ConfigError",
+    "EngineError",
+    "IdentifierError",
+    "LifecycleError",
+    "ResultError",
+    "StaleClaimError",
+    "StoreError",
+    "TransientApiError",
+    "TransientStoreError",
+]
+
+
+class EngineError(Exception):
+    """Root of every exception the engine raises on purpose."""
+
+
+class ConfigError(EngineError):
+    """A setting, job field or identifier is invalid; the message names the one at fault."""
+
+
+class IdentifierError(ConfigError):
+    """A table or column name that is not a plain identifier and would not be safe in SQL."""
+
+
+class LifecycleError(EngineError):
+    """An object with a lifecycle was used out of order (reused after close, run before open)."""
+
+
+class StoreError(EngineError):
+    """A database call failed in a way that retrying will not fix."""
+
+
+class TransientStoreError(StoreError):
+    """A database failure that is safe to retry as a whole transaction."""
+
+
+class StaleClaimError(StoreError):
+    """A fenced write matched no row: another worker holds the claim now."""
+
+
+class BatchApiError(EngineError):
+    """The Batch API refused or failed a call."""
+
+
+class TransientApiError(BatchApiError):
+    """A Batch API failure worth retrying: rate limits, server errors, timeouts."""
+
+
+class AuthenticationError(BatchApiError):
+    """The Batch API refused the key; retrying cannot help."""
+
+
+class ResultError(EngineError):
+    """One output line could not be used; the reason goes back to the row."""

@@ -1,0 +1,23 @@
+"""The database layer: one aioodbc path for SQL Server, PostgreSQL, MariaDB/MySQL and SQLite."""
+
+from __future__ import annotations
+
+from engine.store.models import (
+    ApplyOutcome,
+    ApplyRow,
+    BatchRecord,
+    ClaimedItem,
+    RequeueOutcome,
+    RequeueRow,
+)
+from engine.store.store import Store
+
+__all__ = [
+    "ApplyOutcome",
+    "ApplyRow",
+    "BatchRecord",
+    "ClaimedItem",
+    "RequeueOutcome",
+    "RequeueRow",
+    "Store",
+]
