@@ -41,7 +41,9 @@ class _WaitRetryAfter:
     """Wait what the server asked for in Retry-After when it did, else exponential jitter."""
 
     def __init__(self, initial_s: float, max_s: float) -> None:
-        self._fallback = wait_exponential_jitter(initial=initial_s, max=max_s)
+        self._fallback = wait_exponential_jitter(
+            multiplier=initial_s, max=max_s, jitter=initial_s
+        )
         self._max_s = max_s
 
     def __call__(self, state: RetryCallState) -> float:
@@ -63,7 +65,7 @@ async def retry_store(
     async for attempt in AsyncRetrying(
         retry=retry_if_exception_type(TransientStoreError),
         stop=stop_after_attempt(attempts),
-        wait=wait_exponential_jitter(initial=initial_s, max=max_s),
+        wait=wait_exponential_jitter(multiplier=initial_s, max=max_s, jitter=initial_s),
         before_sleep=_log_retry,
         reraise=True,
     ):
