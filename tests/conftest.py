@@ -73,6 +73,14 @@ def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[DbTarget]:
         yield _target("mysql", MYSQL_DSN)
 
 
+@pytest.fixture(params=["postgresql", "mysql"])
+def server_db(request: pytest.FixtureRequest) -> DbTarget:
+    """Each live server database (skips or fails when absent, like ``db``)."""
+    if request.param == "postgresql":
+        return _target("postgresql", PG_DSN)
+    return _target("mysql", MYSQL_DSN)
+
+
 @pytest.fixture
 def sqlite_db(tmp_path: Path) -> DbTarget:
     """An empty SQLite database file."""

@@ -2,15 +2,29 @@
 
 CONTRACT (being implemented): the signatures and docstrings below are what the engine codes
 against. Each method runs its own short transaction(s); none spans a network call.
+
+Every fenced write first reads the matching items under a row lock (``FOR UPDATE``, SQL
+Server's ``UPDLOCK``, SQLite's ``BEGIN IMMEDIATE``) or, on PostgreSQL, gets them back from
+``UPDATE ... RETURNING``, so the matched set never depends on a driver's rowcount (MariaDB
+counts *changed* rows unless FOUND_ROWS is set). Each whole transaction is retried through
+``engine.retry.retry_store`` on deadlocks, lock timeouts and lost connections.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+import json
+import logging
+import uuid
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from dataclasses import fields as dc_fields
+from datetime import datetime
+from typing import Any, TypeVar
 
+from engine.errors import ConfigError, StoreError
 from engine.job import JobSpec
+from engine.retry import retry_store
 from engine.settings import StoreSettings
+from engine.store.dialects import Dialect, detect_dialect, get_dialect
 from engine.store.models import (
     ApplyOutcome,
     ApplyRow,
@@ -19,21 +33,125 @@ from engine.store.models import (
     RequeueOutcome,
     RequeueRow,
 )
+from engine.store.pool import Connection, Pool
+from engine.store.schema import (
+    BATCH_COLUMNS,
+    BATCH_INTS,
+    SCHEMA_VERSION,
+    Tables,
+    ddl_statements,
+)
 
 __all__ = ["Store"]
+
+log = logging.getLogger("engine.store")
+T = TypeVar("T")
+ITEM_STATES = ("pending", "claimed", "submitted", "done", "dead")
+_CHUNK = 500  # rows per transaction / keys per IN list
+_CHUNK_BYTES = 8 * 1024 * 1024  # text per apply transaction, under every packet limit
+_MAX_ERROR_CHARS = 4000
+_UPDATABLE = frozenset(BATCH_COLUMNS) - {"id", "job", "created_at", "updated_at"}
+
+
+def _chunks(seq: Sequence[T], size: int) -> Iterator[Sequence[T]]:
+    """Slices of at most size items."""
+    for start in range(0, len(seq), max(1, size)):
+        yield seq[start : start + size]
+
+
+def _key_list(dialect: Dialect, keys: Sequence[str]) -> tuple[str, list[Any]]:
+    """Return an IN list of item keys and its parameters.
+
+    SQLite's ODBC driver binds each parameter slowly, so there the keys travel as one JSON
+    array parameter read back with json_each (SQLite >= 3.38 has JSON built in).
+    """
+    if dialect.name == "sqlite":
+        return "(SELECT value FROM json_each(?))", [json.dumps(list(keys))]
+    return f"({_marks(len(keys))})", list(keys)
+
+
+def _apply_chunks(rows: Sequence[ApplyRow], max_rows: int) -> Iterator[list[ApplyRow]]:
+    """Chunks of at most max_rows rows and about _CHUNK_BYTES of text (1 MB values exist)."""
+    chunk: list[ApplyRow] = []
+    size = 0
+    for row in rows:
+        row_bytes = sum(len(v) for v in row.values.values() if isinstance(v, str))
+        if chunk and (len(chunk) >= max_rows or size + row_bytes > _CHUNK_BYTES):
+            yield chunk
+            chunk, size = [], 0
+        chunk.append(row)
+        size += row_bytes
+    if chunk:
+        yield chunk
+
+
+def _marks(n: int) -> str:
+    """N comma-separated parameter markers."""
+    return ", ".join("?" * n)
+
+
+def _to_datetime(value: Any) -> datetime | None:
+    """Normalise a timestamp read back from any driver (SQLite returns text)."""
+    if value is None or isinstance(value, datetime):
+        return value
+    return datetime.fromisoformat(str(value))
+
+
+def _error_text(reason: str) -> str:
+    """Cap a stored error so any dialect's column holds it."""
+    return reason[:_MAX_ERROR_CHARS]
+
+
+class _Source:
+    """The job's source table, validated and quoted for one dialect."""
+
+    def __init__(self, dialect: Dialect, job: JobSpec) -> None:
+        src = job.source
+        self.spec = src
+        self.table = dialect.table(src.table, "source.table")
+        self.key = dialect.quote(src.key_column, "source.key_column")
+        self.processed = dialect.quote(src.processed_column, "source.processed_column")
+        self.text_names = list(src.text_columns)
+        self.texts = [dialect.quote(c, "source.text_columns") for c in src.text_columns]
+        self.outputs = {c: dialect.quote(c, "columns") for c in job.output_columns}
+        self.filter = f" AND ({src.extra_filter})" if src.extra_filter else ""
+
+    def bind_key(self, key: str) -> Any:
+        """Return the key as the source table's type (items store it as text)."""
+        return int(key) if self.spec.key_type == "int" else key
 
 
 class Store:
     """The engine's memory: the items and batches tables, and fenced writes to the source."""
 
+    def __init__(self, settings: StoreSettings) -> None:
+        """Validate names and pick the dialect; no connection yet (see open())."""
+        self.settings = settings
+        self.dialect = get_dialect(settings.dialect or detect_dialect(settings.dsn))
+        self.tables = Tables.from_settings(self.dialect, settings)
+        self._pool: Pool | None = None
+        self._pg_types: dict[str, dict[str, str]] = {}
+
     @classmethod
     async def open(cls, settings: StoreSettings) -> Store:
         """Open the pool (detecting the dialect from the DSN when not set)."""
-        raise NotImplementedError
+        store = cls(settings)
+        store._pool = Pool(
+            store.dialect, settings.dsn, settings.pool_size, settings.query_timeout_s
+        )
+        try:
+            # Fail here, not at the first claim, when the DSN or server is wrong.
+            async with store._pool.acquire():
+                pass
+        except BaseException:
+            await store._pool.close()
+            raise
+        return store
 
     async def close(self) -> None:
         """Close every connection and the thread pool; idempotent."""
-        raise NotImplementedError
+        if self._pool is not None:
+            await self._pool.close()
 
     async def __aenter__(self) -> Store:
         """Return self; the pool is already open."""
@@ -46,7 +164,185 @@ class Store:
     @property
     def dialect_name(self) -> str:
         """One of mssql, postgresql, mysql, sqlite."""
-        raise NotImplementedError
+        return self.dialect.name
+
+    @property
+    def pool(self) -> Pool:
+        """The connection pool (open() must have run)."""
+        if self._pool is None:
+            raise StoreError("the store is not open; use Store.open()")
+        return self._pool
+
+    def _c(self, name: str) -> str:
+        """Quote one of our own (constant, known-safe) column names."""
+        return f"{self.dialect.open_quote}{name}{self.dialect.close_quote}"
+
+    async def _tx(self, work: Callable[[Connection], Awaitable[T]]) -> T:
+        """Run work inside one transaction, the whole of it retried on transient errors."""
+
+        async def attempt() -> T:
+            async with self.pool.transaction() as conn:
+                return await work(conn)
+
+        return await retry_store(attempt)
+
+    async def _read(self, work: Callable[[Connection], Awaitable[T]]) -> T:
+        """Run read-only work on a pooled connection, retried on transient errors."""
+
+        async def attempt() -> T:
+            async with self.pool.acquire() as conn:
+                return await work(conn)
+
+        return await retry_store(attempt)
+
+    # -- SQL (pure functions of dialect and names; public so SQL Server's can be checked) ---------
+
+    def sql_ddl(self) -> list[str]:
+        """Every CREATE statement of init_db."""
+        return ddl_statements(self.dialect, self.tables)
+
+    def sql_meta_insert(self) -> str:
+        """Insert the schema version row when absent (params: name, value[, name])."""
+        c = self._c
+        cols = f"{c('name')}, {c('value')}"
+        if self.dialect.name == "mssql":
+            return (
+                f"INSERT INTO {self.tables.meta} ({cols}) SELECT ?, ? WHERE NOT EXISTS "
+                f"(SELECT 1 FROM {self.tables.meta} WITH (UPDLOCK, HOLDLOCK) "
+                f"WHERE {c('name')} = ?)"
+            )
+        return self.dialect.insert_ignore(self.tables.meta, cols, "VALUES (?, ?)", c("name"))
+
+    def sql_discover(self, job: JobSpec, limit: int | None) -> str:
+        """INSERT one pending item per pending source row without one (params: job, job)."""
+        d, c, src = self.dialect, self._c, _Source(self.dialect, job)
+        key_text = d.as_text(f"s.{src.key}")
+        hint = " WITH (UPDLOCK, HOLDLOCK)" if d.name == "mssql" else ""
+        top = d.top(limit) if limit is not None else ""
+        select = (
+            f"SELECT {top}?, {key_text}, 'pending', 0, {d.now}, {d.now} "
+            f"FROM {src.table} s WHERE s.{src.processed} IS NULL{src.filter} "
+            f"AND NOT EXISTS (SELECT 1 FROM {self.tables.items} i{hint} "
+            f"WHERE i.{c('job')} = ? AND i.{c('source_key')} = {key_text})"
+        )
+        if limit is not None:
+            select = d.limit(f"{select} ORDER BY s.{src.key}", limit)
+        cols = ", ".join(
+            c(n) for n in ("job", "source_key", "state", "attempts", "created_at", "updated_at")
+        )
+        return d.insert_ignore(self.tables.items, cols, select, f"{c('job')}, {c('source_key')}")
+
+    def _claimable(self) -> str:
+        """WHERE clause of claimable items (param: job)."""
+        c, now = self._c, self.dialect.now
+        return (
+            f"{c('job')} = ? AND ({c('state')} = 'pending' OR ({c('state')} = 'claimed' "
+            f"AND {c('lease_expires_at')} <= {now}))"
+        )
+
+    def _claim_set(self) -> str:
+        """SET clause of a claim (params: token, worker, lease)."""
+        c, d = self._c, self.dialect
+        return (
+            f"{c('state')} = 'claimed', {c('claim_token')} = ?, {c('worker_id')} = ?, "
+            f"{c('lease_expires_at')} = {d.lease_expr()}, {c('updated_at')} = {d.now}"
+        )
+
+    def sql_claim(self, limit: int) -> str:
+        """One-statement claim (PostgreSQL, SQL Server); params: job, token, worker, lease."""
+        c, d, items = self._c, self.dialect, self.tables.items
+        if d.name == "postgresql":
+            return (
+                f"WITH cte AS (SELECT {c('job')}, {c('source_key')} FROM {items} "
+                f"WHERE {self._claimable()} LIMIT {int(limit)} FOR UPDATE SKIP LOCKED) "
+                f"UPDATE {items} AS i SET {self._claim_set()} FROM cte "
+                f"WHERE i.{c('job')} = cte.{c('job')} "
+                f"AND i.{c('source_key')} = cte.{c('source_key')} "
+                f"RETURNING i.{c('source_key')}, i.{c('attempts')}"
+            )
+        if d.name == "mssql":
+            cols = ", ".join(
+                c(n)
+                for n in (
+                    "job",
+                    "source_key",
+                    "state",
+                    "claim_token",
+                    "worker_id",
+                    "lease_expires_at",
+                    "updated_at",
+                    "attempts",
+                )
+            )
+            return (
+                f"SET NOCOUNT ON; WITH cte AS (SELECT {d.top(limit)}{cols} FROM {items}"
+                f"{d.skip_locked_hint} WHERE {self._claimable()} ORDER BY {c('source_key')}) "
+                f"UPDATE cte SET {self._claim_set()} "
+                f"OUTPUT inserted.{c('source_key')}, inserted.{c('attempts')};"
+            )
+        raise StoreError(f"{d.name}: claim is done in steps (see claim())")
+
+    def sql_claim_select(self, limit: int) -> str:
+        """MariaDB/MySQL claim, step 1: pick and lock claimable rows (param: job)."""
+        c, d = self._c, self.dialect
+        body = (
+            f"SELECT {c('source_key')}, {c('attempts')} FROM {self.tables.items} "
+            f"WHERE {self._claimable()}"
+        )
+        return d.limit(body, limit) + d.skip_locked_suffix
+
+    def sql_claim_sqlite(self, limit: int) -> str:
+        """SQLite claim inside BEGIN IMMEDIATE; params: token, worker, lease, job, job, job.
+
+        Pending rows and expired claims are picked by two index range scans joined with
+        UNION ALL: SQLite would otherwise walk every row of the job for the OR.
+        """
+        c, d, items, n = self._c, self.dialect, self.tables.items, int(limit)
+        pending = (
+            f"SELECT {c('source_key')} FROM {items} WHERE {c('job')} = ? "
+            f"AND {c('state')} = 'pending' LIMIT {n}"
+        )
+        expired = (
+            f"SELECT {c('source_key')} FROM {items} WHERE {c('job')} = ? "
+            f"AND {c('state')} = 'claimed' AND {c('lease_expires_at')} <= {d.now} LIMIT {n}"
+        )
+        return (
+            f"UPDATE {items} SET {self._claim_set()} WHERE {c('job')} = ? AND "
+            f"{c('source_key')} IN (SELECT {c('source_key')} FROM ({pending}) "
+            f"UNION ALL SELECT {c('source_key')} FROM ({expired}) LIMIT {n})"
+        )
+
+    def sql_lock_items(self, n_keys: int) -> str:
+        """Read items by primary key under a row lock (params: job, *keys).
+
+        The state is checked in Python, not in the WHERE, so every planner takes the primary
+        key instead of scanning the (job, state) index.
+        """
+        c, d = self._c, self.dialect
+        return (
+            f"SELECT {c('source_key')}, {c('claim_token')}, {c('attempts')}, {c('state')} "
+            f"FROM {self.tables.items}{d.lock_hint} WHERE {c('job')} = ? "
+            f"AND {c('source_key')} IN {_key_list(d, ['?'] * n_keys)[0]}{d.lock_suffix}"
+        )
+
+    def sql_apply_source(self, job: JobSpec, columns: Sequence[str]) -> str:
+        """Per-row UPDATE of the source (params: *values, key)."""
+        src = _Source(self.dialect, job)
+        sets = [
+            f"{src.outputs.get(col) or self.dialect.quote(col, 'columns')} = ?" for col in columns
+        ]
+        sets.append(f"{src.processed} = CURRENT_TIMESTAMP")
+        return f"UPDATE {src.table} SET {', '.join(sets)} WHERE {src.key} = ?"
+
+    def sql_items_done(self, n_keys: int) -> str:
+        """Mark items done (params: job, *keys); the caller fenced and locked them."""
+        c, now = self._c, self.dialect.now
+        return (
+            f"UPDATE {self.tables.items} SET {c('state')} = 'done', {c('last_error')} = NULL, "
+            f"{c('lease_expires_at')} = NULL, {c('updated_at')} = {now} "
+            f"WHERE {c('job')} = ? AND {c('source_key')} IN "
+            f"{_key_list(self.dialect, ['?'] * n_keys)[0]}"
+        )
 
     # -- schema -------------------------------------------------------------------------------
 
@@ -55,11 +351,67 @@ class Store:
 
         Idempotent, and safe when several workers run it at once.
         """
-        raise NotImplementedError
+        statements = self.sql_ddl()
+        if self.dialect.name == "sqlite":
+            # WAL lets readers run beside the single writer; it persists in the file.
+            async def wal(conn: Connection) -> None:
+                await conn.fetchall("PRAGMA journal_mode=WAL")
+
+            try:
+                await self._read(wal)
+            except StoreError as exc:  # another process holds the lock; WAL is only a speed-up
+                log.debug("journal_mode=WAL not set: %s", exc)
+
+        async def work(conn: Connection) -> None:
+            lock = self.dialect.lock_ddl()
+            if lock:
+                await conn.execute(lock)
+            for sql in statements:
+                await conn.execute(sql)
+            params: list[Any] = ["schema_version", str(SCHEMA_VERSION)]
+            if self.dialect.name == "mssql":
+                params.append("schema_version")
+            await conn.execute(self.sql_meta_insert(), params)
+
+        await self._tx(work)
+
+    async def schema_version(self) -> int | None:
+        """Return the schema version recorded by init_db, or None before it ran."""
+        c = self._c
+
+        async def work(conn: Connection) -> list[tuple[Any, ...]]:
+            return await conn.fetchall(
+                f"SELECT {c('value')} FROM {self.tables.meta} WHERE {c('name')} = ?",
+                ["schema_version"],
+            )
+
+        rows = await self._read(work)
+        return int(rows[0][0]) if rows else None
 
     async def check_source(self, job: JobSpec) -> None:
         """Raise ConfigError naming the table or column when the job's source does not exist."""
-        raise NotImplementedError
+        src = _Source(self.dialect, job)
+        top = self.dialect.top(1)
+        sql = f"SELECT {top}* FROM {src.table} WHERE 1 = 0"
+
+        async def work(conn: Connection) -> list[str]:
+            return await conn.describe(sql)
+
+        # PostgreSQL keeps the case of quoted names; the others compare case-insensitively.
+        exact = self.dialect.name == "postgresql"
+        try:
+            names = {n if exact else n.lower() for n in await self._read(work)}
+        except StoreError as exc:
+            raise ConfigError(f"source.table: {job.source.table!r} cannot be read: {exc}") from exc
+        wanted = [
+            ("source.key_column", job.source.key_column),
+            ("source.processed_column", job.source.processed_column),
+            *(("source.text_columns", col) for col in job.source.text_columns),
+            *(("columns", col) for col in job.output_columns),
+        ]
+        for setting, col in wanted:
+            if (col if exact else col.lower()) not in names:
+                raise ConfigError(f"{setting}: column {col!r} not in {job.source.table!r}")
 
     # -- items --------------------------------------------------------------------------------
 
@@ -68,7 +420,14 @@ class Store:
 
         Idempotent and safe when several workers do it at once. Returns rows inserted.
         """
-        raise NotImplementedError
+        sql = self.sql_discover(job, limit)
+
+        async def work(conn: Connection) -> int:
+            return max(0, await conn.execute(sql, [job.name, job.name]))
+
+        inserted = await self._tx(work)
+        log.debug("discovered %d items for job %s", inserted, job.name)
+        return inserted
 
     async def claim(
         self, job: JobSpec, worker_id: str, limit: int, lease_s: float
@@ -79,15 +438,154 @@ class Store:
         binding them to a batch). Each returned item carries its source row's text columns.
         Two concurrent claims never return the same item.
         """
-        raise NotImplementedError
+        if limit <= 0:
+            return []
+        token = uuid.uuid4().hex
+        lease = self.dialect.lease_param(lease_s)
+        c, d = self._c, self.dialect
+
+        async def work(conn: Connection) -> list[tuple[Any, ...]]:
+            if d.name in {"postgresql", "mssql"}:
+                return await conn.fetchall(
+                    self.sql_claim(limit), [job.name, token, worker_id, lease]
+                )
+            if d.name == "sqlite":
+                await conn.execute(
+                    self.sql_claim_sqlite(limit),
+                    [token, worker_id, lease, job.name, job.name, job.name],
+                )
+                return await conn.fetchall(
+                    f"SELECT {c('source_key')}, {c('attempts')} FROM {self.tables.items} "
+                    f"WHERE {c('job')} = ? AND {c('claim_token')} = ?",
+                    [job.name, token],
+                )
+            picked = await conn.fetchall(self.sql_claim_select(limit), [job.name])
+            for keys in _chunks([str(r[0]) for r in picked], _CHUNK):
+                await conn.execute(
+                    f"UPDATE {self.tables.items} SET {self._claim_set()} "
+                    f"WHERE {c('job')} = ? AND {c('source_key')} IN ({_marks(len(keys))})",
+                    [token, worker_id, lease, job.name, *keys],
+                )
+            return picked
+
+        claimed = [(str(r[0]), int(r[1])) for r in await self._tx(work)]
+        if not claimed:
+            return []
+        rows = await self.fetch_source_rows(job, [k for k, _ in claimed])
+        missing = [k for k, _ in claimed if k not in rows]
+        if missing:
+            await self.dead_letter(
+                job, [RequeueRow(k, token, "source row not found") for k in missing]
+            )
+        return [
+            ClaimedItem(key=k, claim_token=token, attempts=a, row=rows[k])
+            for k, a in claimed
+            if k in rows
+        ]
+
+    async def _fenced(
+        self,
+        conn: Connection,
+        job_name: str,
+        pairs: Sequence[tuple[str, str]],
+        states: Sequence[str],
+    ) -> dict[str, int]:
+        """Lock the items of (key, token) pairs; return key -> attempts of those still held."""
+        wanted = dict(pairs)
+        held: dict[str, int] = {}
+        for chunk in _chunks(list(wanted), _CHUNK):
+            in_params = _key_list(self.dialect, chunk)[1]
+            rows = await conn.fetchall(self.sql_lock_items(len(chunk)), [job_name, *in_params])
+            for key, token, attempts, state in rows:
+                if wanted.get(str(key)) == token and state in states:
+                    held[str(key)] = int(attempts)
+        return held
+
+    async def _set_items(
+        self,
+        conn: Connection,
+        job_name: str,
+        keys: Sequence[str],
+        assignments: str,
+        params: Sequence[Any],
+    ) -> None:
+        """UPDATE items SET <assignments> for these keys (assignment params first)."""
+        c = self._c
+        for chunk in _chunks(list(keys), _CHUNK):
+            in_sql, in_params = _key_list(self.dialect, chunk)
+            await conn.execute(
+                f"UPDATE {self.tables.items} SET {assignments}, {c('updated_at')} = "
+                f"{self.dialect.now} WHERE {c('job')} = ? AND {c('source_key')} IN {in_sql}",
+                [*params, job_name, *in_params],
+            )
+
+    def _to_pending(self) -> str:
+        """Return the assignments that put an item back to pending and clear its claim."""
+        c = self._c
+        return (
+            f"{c('state')} = 'pending', {c('claim_token')} = NULL, {c('worker_id')} = NULL, "
+            f"{c('lease_expires_at')} = NULL, {c('batch_id')} = NULL, {c('custom_id')} = NULL"
+        )
 
     async def release(self, job: JobSpec, keys_tokens: Sequence[tuple[str, str]]) -> int:
         """Return claimed (not yet batched) items to pending, no attempt burned. Fenced."""
-        raise NotImplementedError
+        total = 0
+        for chunk in _chunks(list(keys_tokens), _CHUNK):
 
-    async def reap_expired(self, job: JobSpec) -> int:
-        """Return claimed items whose lease expired to pending. Returns how many."""
-        raise NotImplementedError
+            async def work(conn: Connection, chunk: Sequence[tuple[str, str]] = chunk) -> int:
+                held = await self._fenced(conn, job.name, chunk, ["claimed"])
+                await self._set_items(conn, job.name, list(held), self._to_pending(), [])
+                return len(held)
+
+            total += await self._tx(work)
+        return total
+
+    async def renew_claims(
+        self, job: JobSpec, keys_tokens: Sequence[tuple[str, str]], lease_s: float
+    ) -> list[str]:
+        """Extend the leases of claimed items still held; return the keys no longer held."""
+        lost: list[str] = []
+        lease = self.dialect.lease_param(lease_s)
+        c = self._c
+        for chunk in _chunks(list(keys_tokens), _CHUNK):
+
+            async def work(conn: Connection, chunk: Sequence[tuple[str, str]] = chunk) -> set[str]:
+                held = await self._fenced(conn, job.name, chunk, ["claimed"])
+                await self._set_items(
+                    conn,
+                    job.name,
+                    list(held),
+                    f"{c('lease_expires_at')} = {self.dialect.lease_expr()}",
+                    [lease],
+                )
+                return set(held)
+
+            held = await self._tx(work)
+            lost.extend(k for k, _ in chunk if k not in held)
+        return lost
+
+    async def reap_expired(self, job: JobSpec, worker_id: str | None = None) -> int:
+        """Return claimed items whose lease expired to pending. Returns how many.
+
+        With ``worker_id``, that worker's claims go back too whatever their lease: a worker
+        starting under the id of one that crashed knows those claims are orphans.
+        """
+        c, d = self._c, self.dialect
+        params: list[Any] = [job.name]
+        held = f"{c('lease_expires_at')} <= {d.now}"
+        if worker_id is not None:
+            held = f"({held} OR {c('worker_id')} = ?)"
+            params.append(worker_id)
+
+        async def work(conn: Connection) -> int:
+            # The SET changes state, which the WHERE pins: changed rows == matched rows.
+            return await conn.execute(
+                f"UPDATE {self.tables.items} SET {self._to_pending()}, {c('updated_at')} = "
+                f"{d.now} WHERE {c('job')} = ? AND {c('state')} = 'claimed' AND {held}",
+                params,
+            )
+
+        return max(0, await self._tx(work))
 
     # -- batches ------------------------------------------------------------------------------
 
@@ -103,28 +601,144 @@ class Store:
         local batch id and custom_id, fenced by its claim token. One transaction. Returns how
         many items were bound (fewer means some claims were lost to another worker).
         """
-        raise NotImplementedError
+        c, d = self._c, self.dialect
+        skip = {"created_at", "updated_at", "lease_expires_at", "state"}
+        names = [n for n in BATCH_COLUMNS if n not in skip]
+        values = [getattr(record, n) for n in names]
+        insert = (
+            f"INSERT INTO {self.tables.batches} ({', '.join(c(n) for n in names)}, "
+            f"{c('state')}, {c('created_at')}, {c('updated_at')}, {c('lease_expires_at')}) "
+            f"VALUES ({_marks(len(names))}, 'draft', {d.now}, {d.now}, {d.lease_expr()})"
+        )
+        bind = (
+            f"UPDATE {self.tables.items} SET {c('state')} = 'submitted', {c('batch_id')} = ?, "
+            f"{c('custom_id')} = ?, {c('updated_at')} = {d.now} "
+            f"WHERE {c('job')} = ? AND {c('source_key')} = ? AND {c('state')} = 'claimed'"
+        )
+        job_name = record.job
+
+        async def work(conn: Connection) -> int:
+            await conn.execute(insert, [*values, d.lease_param(lease_s)])
+            if d.name == "postgresql":
+                return await self._bind_pg(conn, record, items)
+            held = await self._fenced(conn, job_name, [(k, t) for k, t, _ in items], ["claimed"])
+            await conn.executemany(
+                bind, [(record.id, cid, job_name, k) for k, _t, cid in items if k in held]
+            )
+            return len(held)
+
+        return await self._tx(work)
+
+    async def _bind_pg(
+        self, conn: Connection, record: BatchRecord, items: Sequence[tuple[str, str, str]]
+    ) -> int:
+        """PostgreSQL: fence and bind items with one multi-row VALUES join per chunk."""
+        c = self._c
+        bound = 0
+        for chunk in _chunks(list(items), _CHUNK):
+            rows = await conn.fetchall(
+                f"UPDATE {self.tables.items} AS i SET {c('state')} = 'submitted', "
+                f"{c('batch_id')} = ?, {c('custom_id')} = v.cid, "
+                f"{c('updated_at')} = {self.dialect.now} "
+                f"FROM (VALUES {', '.join('(?, ?, ?)' for _ in chunk)}) AS v(k, t, cid) "
+                f"WHERE i.{c('job')} = ? AND i.{c('source_key')} = v.k "
+                f"AND i.{c('claim_token')} = v.t AND i.{c('state')} = 'claimed' "
+                f"RETURNING i.{c('source_key')}",
+                [record.id, *(x for item in chunk for x in item), record.job],
+            )
+            bound += len(rows)
+        return bound
 
     async def update_batch(self, batch_id: str, **fields: Any) -> None:
         """Record a batch transition: set the given BatchRecord fields and updated_at.
 
         Fields are BatchRecord attribute names (state, remote_batch_id, input_file_id, ...).
         """
-        raise NotImplementedError
+        unknown = sorted(set(fields) - _UPDATABLE)
+        if unknown:
+            raise TypeError(f"update_batch: not updatable fields {', '.join(unknown)}")
+        c = self._c
+        sets: list[str] = []
+        params: list[Any] = []
+        for name in sorted(fields):
+            value = fields[name]
+            if name == "lease_expires_at":
+                if value is not None:
+                    raise TypeError("update_batch: leases come from the database clock; renew")
+                sets.append(f"{c(name)} = NULL")
+                continue
+            if name == "error" and value is not None:
+                value = _error_text(str(value))
+            sets.append(f"{c(name)} = ?")
+            params.append(value)
+        sets.append(f"{c('updated_at')} = {self.dialect.now}")
+        sql = f"UPDATE {self.tables.batches} SET {', '.join(sets)} WHERE {c('id')} = ?"
+
+        async def work(conn: Connection) -> None:
+            await conn.execute(sql, [*params, batch_id])
+
+        await self._tx(work)
+
+    def _batch_select(self) -> str:
+        """SELECT of every batch column (no WHERE)."""
+        return f"SELECT {', '.join(self._c(n) for n in BATCH_COLUMNS)} FROM {self.tables.batches}"
+
+    @staticmethod
+    def _record(row: Sequence[Any]) -> BatchRecord:
+        """Build a BatchRecord from a row in BATCH_COLUMNS order."""
+        values = dict(zip(BATCH_COLUMNS, row, strict=True))
+        for f in dc_fields(BatchRecord):
+            value = values[f.name]
+            if f.name in {"created_at", "updated_at", "lease_expires_at"}:
+                values[f.name] = _to_datetime(value)
+            elif f.name == "cost_usd":
+                values[f.name] = float(value or 0.0)
+            elif f.name in BATCH_INTS:
+                values[f.name] = int(value or 0)
+        return BatchRecord(**values)
+
+    async def _batches_where(self, where: str, params: Sequence[Any]) -> list[BatchRecord]:
+        """Batches matching a WHERE clause."""
+        sql = f"{self._batch_select()} WHERE {where}"
+
+        async def work(conn: Connection) -> list[tuple[Any, ...]]:
+            return await conn.fetchall(sql, params)
+
+        return [self._record(r) for r in await self._read(work)]
 
     async def get_batch(self, batch_id: str) -> BatchRecord | None:
         """Return one batch by local id."""
-        raise NotImplementedError
+        found = await self._batches_where(f"{self._c('id')} = ?", [batch_id])
+        return found[0] if found else None
 
     async def find_batch_by_remote_id(self, remote_batch_id: str) -> BatchRecord | None:
         """Return the batch that carries this remote id, if any."""
-        raise NotImplementedError
+        found = await self._batches_where(f"{self._c('remote_batch_id')} = ?", [remote_batch_id])
+        return found[0] if found else None
 
     async def list_batches(
         self, job: str | None = None, states: Sequence[str] | None = None, limit: int = 100
     ) -> list[BatchRecord]:
         """Return batches, newest first, optionally filtered by job and local state."""
-        raise NotImplementedError
+        c, d = self._c, self.dialect
+        where, params = ["1 = 1"], []
+        if job is not None:
+            where.append(f"{c('job')} = ?")
+            params.append(job)
+        if states:
+            where.append(f"{c('state')} IN ({_marks(len(states))})")
+            params.extend(states)
+        body = (
+            f"SELECT {d.top(limit)}{', '.join(c(n) for n in BATCH_COLUMNS)} "
+            f"FROM {self.tables.batches} WHERE {' AND '.join(where)} "
+            f"ORDER BY {c('created_at')} DESC, {c('id')} DESC"
+        )
+        sql = d.limit(body, limit)
+
+        async def work(conn: Connection) -> list[tuple[Any, ...]]:
+            return await conn.fetchall(sql, params)
+
+        return [self._record(r) for r in await self._read(work)]
 
     async def adopt_batches(
         self, job: JobSpec, worker_id: str, lease_s: float, states: Sequence[str]
@@ -134,25 +748,179 @@ class Store:
         Sets worker and a new lease atomically (two workers never adopt the same batch) and
         returns them. Used at start-up and periodically, so a dead worker's batches go on.
         """
-        raise NotImplementedError
+        if not states:
+            return []
+        c, d, batches = self._c, self.dialect, self.tables.batches
+        pick = (
+            d.limit(
+                f"SELECT {d.top(_CHUNK)}{c('id')} FROM {batches}{d.skip_locked_hint} "
+                f"WHERE {c('job')} = ? AND {c('state')} IN ({_marks(len(states))}) "
+                f"AND ({c('worker_id')} = ? OR {c('worker_id')} IS NULL "
+                f"OR {c('lease_expires_at')} IS NULL OR {c('lease_expires_at')} <= {d.now}) "
+                f"ORDER BY {c('id')}",
+                _CHUNK,
+            )
+            + d.skip_locked_suffix
+        )
+
+        async def work(conn: Connection) -> list[tuple[Any, ...]]:
+            ids = [str(r[0]) for r in await conn.fetchall(pick, [job.name, *states, worker_id])]
+            if not ids:
+                return []
+            marks = _marks(len(ids))
+            await conn.execute(
+                f"UPDATE {batches} SET {c('worker_id')} = ?, "
+                f"{c('lease_expires_at')} = {d.lease_expr()}, {c('updated_at')} = {d.now} "
+                f"WHERE {c('id')} IN ({marks})",
+                [worker_id, d.lease_param(lease_s), *ids],
+            )
+            return await conn.fetchall(f"{self._batch_select()} WHERE {c('id')} IN ({marks})", ids)
+
+        return [self._record(r) for r in await self._tx(work)]
 
     async def renew_batch_leases(
         self, worker_id: str, batch_ids: Sequence[str], lease_s: float
     ) -> list[str]:
         """Extend the leases of batches this worker owns; return the ids it no longer owns."""
-        raise NotImplementedError
+        c, d, batches = self._c, self.dialect, self.tables.batches
+        lost: list[str] = []
+        for chunk in _chunks(list(batch_ids), _CHUNK):
+            marks = _marks(len(chunk))
+
+            async def work(
+                conn: Connection, chunk: Sequence[str] = chunk, marks: str = marks
+            ) -> set[str]:
+                rows = await conn.fetchall(
+                    f"SELECT {c('id')} FROM {batches}{d.lock_hint} WHERE {c('worker_id')} = ? "
+                    f"AND {c('id')} IN ({marks}){d.lock_suffix}",
+                    [worker_id, *chunk],
+                )
+                owned = {str(r[0]) for r in rows}
+                if owned:
+                    await conn.execute(
+                        f"UPDATE {batches} SET {c('lease_expires_at')} = {d.lease_expr()} "
+                        f"WHERE {c('worker_id')} = ? AND {c('id')} IN ({_marks(len(owned))})",
+                        [d.lease_param(lease_s), worker_id, *sorted(owned)],
+                    )
+                return owned
+
+            owned = await self._tx(work)
+            lost.extend(b for b in chunk if b not in owned)
+        return lost
 
     async def batch_items(self, batch_id: str) -> list[tuple[str, str, str, int]]:
         """Return (key, claim_token, custom_id, attempts) of the items bound to a batch."""
-        raise NotImplementedError
+        c = self._c
+        sql = (
+            f"SELECT {c('source_key')}, {c('claim_token')}, {c('custom_id')}, {c('attempts')} "
+            f"FROM {self.tables.items} WHERE {c('batch_id')} = ? ORDER BY {c('source_key')}"
+        )
+
+        async def work(conn: Connection) -> list[tuple[Any, ...]]:
+            return await conn.fetchall(sql, [batch_id])
+
+        return [(str(k), str(t), str(cid), int(a)) for k, t, cid, a in await self._read(work)]
 
     async def fetch_source_rows(
         self, job: JobSpec, keys: Sequence[str]
     ) -> dict[str, dict[str, Any]]:
         """Return the text columns of these source rows, by key (to rebuild a lost spool)."""
-        raise NotImplementedError
+        src = _Source(self.dialect, job)
+        out: dict[str, dict[str, Any]] = {}
+        for chunk in _chunks(list(keys), _CHUNK):
+            sql = (
+                f"SELECT {src.key}, {', '.join(src.texts)} FROM {src.table} "
+                f"WHERE {src.key} IN ({_marks(len(chunk))})"
+            )
+            params = [src.bind_key(k) for k in chunk]
+
+            async def work(conn: Connection, sql: str = sql, params: list[Any] = params) -> Any:
+                return await conn.fetchall(sql, params)
+
+            for row in await self._read(work):
+                out[str(row[0])] = dict(zip(src.text_names, row[1:], strict=True))
+        return out
 
     # -- results ------------------------------------------------------------------------------
+
+    async def _pg_column_types(self, conn: Connection, src: _Source) -> dict[str, str]:
+        """Column name -> SQL type of a PostgreSQL source table (cached)."""
+        if src.table not in self._pg_types:
+            rows = await conn.fetchall(
+                "SELECT a.attname, format_type(a.atttypid, a.atttypmod) FROM pg_attribute a "
+                "WHERE a.attrelid = CAST(? AS regclass) AND a.attnum > 0 "
+                "AND NOT a.attisdropped",
+                [src.table],
+            )
+            self._pg_types[src.table] = {str(n).lower(): str(t) for n, t in rows}
+        return self._pg_types[src.table]
+
+    async def _apply_pg(
+        self, conn: Connection, job: JobSpec, src: _Source, rows: Sequence[ApplyRow]
+    ) -> set[str]:
+        """PostgreSQL: fence and write with multi-row VALUES joins, two statements a chunk."""
+        c, d = self._c, self.dialect
+        pairs = {r.key: r.claim_token for r in rows}
+        values = ", ".join("(?, ?)" for _ in pairs)
+        done = await conn.fetchall(
+            f"UPDATE {self.tables.items} AS i SET {c('state')} = 'done', "
+            f"{c('last_error')} = NULL, {c('lease_expires_at')} = NULL, "
+            f"{c('updated_at')} = {d.now} FROM (VALUES {values}) AS v(k, t) "
+            f"WHERE i.{c('job')} = ? AND i.{c('source_key')} = v.k "
+            f"AND i.{c('claim_token')} = v.t AND i.{c('state')} = 'submitted' "
+            f"RETURNING i.{c('source_key')}",
+            [*(x for kt in pairs.items() for x in kt), job.name],
+        )
+        matched = {str(r[0]) for r in done}
+        if not matched:
+            return matched
+        types = await self._pg_column_types(conn, src)
+        groups: dict[tuple[str, ...], list[ApplyRow]] = {}
+        for row in rows:
+            if row.key in matched:
+                groups.setdefault(tuple(sorted(row.values)), []).append(row)
+        key_type = types.get(job.source.key_column.lower(), "text")
+        for cols, group in groups.items():
+            names = ["k", *(f"c{i}" for i in range(len(cols)))]
+            sets = [
+                f"{src.outputs.get(col) or d.quote(col, 'columns')} = "
+                f"CAST(v.c{i} AS {types.get(col.lower(), 'text')})"
+                for i, col in enumerate(cols)
+            ]
+            sets.append(f"{src.processed} = CURRENT_TIMESTAMP")
+            row_marks = "(" + _marks(len(names)) + ")"
+            params: list[Any] = []
+            for row in group:
+                params.append(row.key)
+                params.extend(row.values[col] for col in cols)
+            await conn.execute(
+                f"UPDATE {src.table} AS s SET {', '.join(sets)} FROM (VALUES "
+                f"{', '.join(row_marks for _ in group)}) AS v({', '.join(names)}) "
+                f"WHERE s.{src.key} = CAST(v.k AS {key_type})",
+                params,
+            )
+        return matched
+
+    async def _apply_generic(
+        self, conn: Connection, job: JobSpec, src: _Source, rows: Sequence[ApplyRow]
+    ) -> set[str]:
+        """Lock and fence the items, update the source row by row, then mark items done."""
+        pairs = [(r.key, r.claim_token) for r in rows]
+        held = await self._fenced(conn, job.name, pairs, ["submitted"])
+        groups: dict[tuple[str, ...], list[ApplyRow]] = {}
+        for row in rows:
+            if row.key in held:
+                groups.setdefault(tuple(sorted(row.values)), []).append(row)
+        for cols, group in groups.items():
+            await conn.executemany(
+                self.sql_apply_source(job, cols),
+                [(*(r.values[col] for col in cols), src.bind_key(r.key)) for r in group],
+            )
+        keys = sorted(held)
+        if keys:
+            in_params = _key_list(self.dialect, keys)[1]
+            await conn.execute(self.sql_items_done(len(keys)), [job.name, *in_params])
+        return set(held)
 
     async def apply_results(self, job: JobSpec, rows: Sequence[ApplyRow]) -> ApplyOutcome:
         """Write results to the source rows, set the processed marker and mark items done.
@@ -161,7 +929,63 @@ class Store:
         whose item no longer matches is skipped and reported in ``stale``, and its source row is
         not touched. Idempotent: applying the same rows twice applies nothing the second time.
         """
-        raise NotImplementedError
+        src = _Source(self.dialect, job)
+        width = 2 + max((len(r.values) for r in rows), default=0)
+        size = max(1, min(_CHUNK, self.dialect.max_params // width))
+        applied, stale = 0, list[str]()
+        for chunk in _apply_chunks(rows, size):
+
+            async def work(conn: Connection, chunk: Sequence[ApplyRow] = chunk) -> set[str]:
+                if self.dialect.name == "postgresql":
+                    return await self._apply_pg(conn, job, src, chunk)
+                return await self._apply_generic(conn, job, src, chunk)
+
+            matched = await self._tx(work)
+            applied += len(matched)
+            stale.extend(r.key for r in chunk if r.key not in matched)
+        if stale:
+            log.warning("job %s: %d stale results fenced out", job.name, len(stale))
+        return ApplyOutcome(applied=applied, stale=stale)
+
+    async def _settle(
+        self,
+        job: JobSpec,
+        rows: Sequence[RequeueRow],
+        decide: Callable[[RequeueRow, int], tuple[str, int]],
+    ) -> RequeueOutcome:
+        """Fence rows and set each to (state, attempts) from decide(row, attempts)."""
+        c = self._c
+        requeued = dead = 0
+        stale: list[str] = []
+        sql = (
+            f"UPDATE {self.tables.items} SET {c('state')} = ?, {c('attempts')} = ?, "
+            f"{c('last_error')} = ?, {c('claim_token')} = NULL, {c('worker_id')} = NULL, "
+            f"{c('lease_expires_at')} = NULL, {c('batch_id')} = NULL, {c('custom_id')} = NULL, "
+            f"{c('updated_at')} = {self.dialect.now} WHERE {c('job')} = ? AND {c('source_key')} = ?"
+        )
+        for chunk in _chunks(list(rows), _CHUNK):
+
+            async def work(
+                conn: Connection, chunk: Sequence[RequeueRow] = chunk
+            ) -> list[tuple[str, int, str, str, str]]:
+                pairs = [(r.key, r.claim_token) for r in chunk]
+                held = await self._fenced(conn, job.name, pairs, ["claimed", "submitted"])
+                updates = []
+                for row in chunk:
+                    if row.key in held:
+                        state, attempts = decide(row, held[row.key])
+                        updates.append(
+                            (state, attempts, _error_text(row.reason), job.name, row.key)
+                        )
+                await conn.executemany(sql, updates)
+                return updates
+
+            updates = await self._tx(work)
+            done = {u[4] for u in updates}
+            requeued += sum(1 for u in updates if u[0] == "pending")
+            dead += sum(1 for u in updates if u[0] == "dead")
+            stale.extend(r.key for r in chunk if r.key not in done)
+        return RequeueOutcome(requeued=requeued, dead=dead, stale=stale)
 
     async def requeue(
         self, job: JobSpec, rows: Sequence[RequeueRow], max_attempts: int
@@ -170,20 +994,54 @@ class Store:
 
         Fenced like apply_results. ``burn_attempt`` rows count an attempt; the others do not.
         """
-        raise NotImplementedError
+
+        def decide(row: RequeueRow, attempts: int) -> tuple[str, int]:
+            attempts += 1 if row.burn_attempt else 0
+            return ("dead" if attempts >= max_attempts else "pending"), attempts
+
+        return await self._settle(job, rows, decide)
 
     async def dead_letter(self, job: JobSpec, rows: Sequence[RequeueRow]) -> RequeueOutcome:
         """Mark rows dead now with their reason (input that can never succeed). Fenced."""
-        raise NotImplementedError
+        return await self._settle(job, rows, lambda row, attempts: ("dead", attempts))
 
     async def retry_dead(self, job: JobSpec) -> int:
         """Move every dead item of the job back to pending with attempts reset; return count."""
-        raise NotImplementedError
+        c, d = self._c, self.dialect
+
+        async def work(conn: Connection) -> int:
+            return await conn.execute(
+                f"UPDATE {self.tables.items} SET {self._to_pending()}, {c('attempts')} = 0, "
+                f"{c('updated_at')} = {d.now} WHERE {c('job')} = ? AND {c('state')} = 'dead'",
+                [job.name],
+            )
+
+        return max(0, await self._tx(work))
 
     async def counts(self, job: str | None = None) -> dict[str, int]:
         """Items by state (every state present, zero when none)."""
-        raise NotImplementedError
+        c = self._c
+        where, params = ("", []) if job is None else (f" WHERE {c('job')} = ?", [job])
+        sql = f"SELECT {c('state')}, COUNT(*) FROM {self.tables.items}{where} GROUP BY {c('state')}"
+
+        async def work(conn: Connection) -> list[tuple[Any, ...]]:
+            return await conn.fetchall(sql, params)
+
+        out = dict.fromkeys(ITEM_STATES, 0)
+        for state, n in await self._read(work):
+            out[str(state)] = int(n)
+        return out
 
     async def dead_items(self, job: JobSpec, limit: int = 100) -> list[tuple[str, str]]:
         """Return (key, last_error) of dead items."""
-        raise NotImplementedError
+        c, d = self._c, self.dialect
+        sql = d.limit(
+            f"SELECT {d.top(limit)}{c('source_key')}, {c('last_error')} FROM {self.tables.items} "
+            f"WHERE {c('job')} = ? AND {c('state')} = 'dead' ORDER BY {c('source_key')}",
+            limit,
+        )
+
+        async def work(conn: Connection) -> list[tuple[Any, ...]]:
+            return await conn.fetchall(sql, [job.name])
+
+        return [(str(k), str(e or "")) for k, e in await self._read(work)]

@@ -1,0 +1,380 @@
+"""SQL dialects: detection, identifier quoting, clock expressions, DDL types, error classes.
+
+One class per database. Everything that differs between SQL Server, PostgreSQL,
+MariaDB/MySQL and SQLite lives here, so the store's operations read the same for all four.
+Values are always bound parameters; identifiers come from configuration and are validated
+(``^[A-Za-z_][A-Za-z0-9_]*$`` per part) before they are quoted.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, ClassVar
+
+from engine.errors import ConfigError, IdentifierError, StoreError, TransientStoreError
+
+__all__ = [
+    "Dialect",
+    "MssqlDialect",
+    "MysqlDialect",
+    "PostgresDialect",
+    "SqliteDialect",
+    "detect_dialect",
+    "get_dialect",
+    "validate_identifier",
+]
+
+_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# pyodbc puts the driver's native code only inside the message: "... text (1213) (SQLExecDirectW)"
+_NATIVE = re.compile(r"\((-?\d+)\)\s*\(SQL\w+\)\s*$")
+
+
+def validate_identifier(value: str, setting: str, *, qualified: bool = False) -> list[str]:
+    """Split and check an identifier from configuration; IdentifierError names the setting."""
+    parts = value.split(".") if qualified else [value]
+    if not value or len(parts) > 2 or not all(_IDENT.match(p) for p in parts):
+        allowed = "name or schema.name" if qualified else "name"
+        raise IdentifierError(
+            f"{setting}: {value!r} is not a plain {allowed} (letters, digits, '_'; "
+            "no quotes, spaces or semicolons)"
+        )
+    return parts
+
+
+def native_code(message: str) -> int | None:
+    """Return the driver's native error code that pyodbc left in the message text, if any."""
+    match = _NATIVE.search(message.strip())
+    return int(match.group(1)) if match else None
+
+
+class Dialect:
+    """What differs between databases; subclasses fill the class attributes and hooks."""
+
+    name: ClassVar[str] = ""
+    open_quote: ClassVar[str] = '"'
+    close_quote: ClassVar[str] = '"'
+    autocommit: ClassVar[bool] = False  # SQLite needs it on so BEGIN IMMEDIATE is ours
+    begin_sql: ClassVar[str | None] = None  # explicit BEGIN when autocommit is on
+    now: ClassVar[str] = "CURRENT_TIMESTAMP"  # the database clock, UTC, for engine tables
+    t_key: ClassVar[str] = "VARCHAR(255)"
+    t_text: ClassVar[str] = "TEXT"
+    t_ts: ClassVar[str] = "TIMESTAMP"
+    t_int: ClassVar[str] = "BIGINT"
+    t_float: ClassVar[str] = "DOUBLE PRECISION"
+    table_suffix: ClassVar[str] = ""
+    lock_suffix: ClassVar[str] = " FOR UPDATE"  # locking read of rows about to be updated
+    skip_locked_suffix: ClassVar[str] = " FOR UPDATE SKIP LOCKED"
+    lock_hint: ClassVar[str] = ""  # SQL Server table hint for the same
+    skip_locked_hint: ClassVar[str] = ""
+    utf8_everywhere: ClassVar[bool] = False  # pyodbc setencoding/setdecoding to UTF-8
+    transient_states: ClassVar[frozenset[str]] = frozenset({"40001", "HYT00", "HYT01"})
+    transient_codes: ClassVar[frozenset[int]] = frozenset()
+    max_params: ClassVar[int] = 30000
+
+    # -- identifiers ---------------------------------------------------------------------------
+
+    def quote(self, name: str, setting: str) -> str:
+        """Validate and quote one column name."""
+        validate_identifier(name, setting)
+        return f"{self.open_quote}{name}{self.close_quote}"
+
+    def table(self, name: str, setting: str) -> str:
+        """Validate and quote a table name, optionally schema-qualified."""
+        parts = validate_identifier(name, setting, qualified=True)
+        return ".".join(f"{self.open_quote}{p}{self.close_quote}" for p in parts)
+
+    # -- expressions ---------------------------------------------------------------------------
+
+    def lease_expr(self) -> str:
+        """Return SQL for 'database now + ? seconds' with one bound parameter (see lease_param)."""
+        raise NotImplementedError
+
+    def lease_param(self, lease_s: float) -> Any:
+        """Return the bound value that goes with lease_expr()."""
+        return float(lease_s)
+
+    def as_text(self, expr: str) -> str:
+        """Cast a source key expression to the text stored in items.source_key."""
+        return f"CAST({expr} AS VARCHAR(255))"
+
+    def limit(self, select_body: str, n: int) -> str:
+        """Append a row limit to a SELECT (n is an int we formatted, never text from outside)."""
+        return f"{select_body} LIMIT {int(n)}"
+
+    def top(self, n: int) -> str:
+        """Return the SELECT TOP clause (SQL Server only)."""
+        return ""
+
+    # -- DDL -----------------------------------------------------------------------------------
+
+    def create_table(self, table: str, body: str) -> str:
+        """CREATE TABLE when absent."""
+        return f"CREATE TABLE IF NOT EXISTS {table} ({body}){self.table_suffix}"
+
+    def create_index(self, name: str, table: str, columns: str) -> str | None:
+        """CREATE INDEX when absent (None when the index is declared inside CREATE TABLE)."""
+        return f"CREATE INDEX IF NOT EXISTS {name} ON {table} ({columns})"
+
+    def inline_index(self, name: str, columns: str) -> str | None:
+        """Return an index clause for CREATE TABLE (MySQL lacks CREATE INDEX IF NOT EXISTS)."""
+        return None
+
+    def insert_ignore(self, table: str, columns: str, select: str, conflict: str) -> str:
+        """INSERT ... SELECT that skips rows whose primary key already exists."""
+        return f"INSERT INTO {table} ({columns}) {select} ON CONFLICT ({conflict}) DO NOTHING"
+
+    def lock_ddl(self) -> str | None:
+        """Return a statement that serialises concurrent init_db runs in their transaction."""
+        return None
+
+    def session_sql(self, query_timeout_s: int) -> list[str]:
+        """Statements run once on each new connection."""
+        return []
+
+    def prepare_dsn(self, dsn: str, query_timeout_s: int) -> str:
+        """Return the DSN with attributes this dialect needs added."""
+        return dsn
+
+    # -- errors --------------------------------------------------------------------------------
+
+    def is_transient(self, sqlstate: str, code: int | None, message: str) -> bool:
+        """Whether retrying the whole transaction may succeed."""
+        if sqlstate.startswith("08"):  # connection lost or refused
+            return True
+        return sqlstate in self.transient_states or (
+            code is not None and code in self.transient_codes
+        )
+
+    def classify(self, exc: BaseException) -> StoreError:
+        """Map a pyodbc error to TransientStoreError or StoreError (message without secrets)."""
+        args: tuple[Any, ...] = tuple(getattr(exc, "args", ()))
+        sqlstate = str(args[0]) if len(args) >= 2 else ""
+        message = str(args[1]) if len(args) >= 2 else str(exc)
+        code = native_code(message)
+        text = f"{self.name} [{sqlstate or '?'}] {message.strip()}"
+        if self.is_transient(sqlstate, code, message):
+            return TransientStoreError(text)
+        return StoreError(text)
+
+
+class PostgresDialect(Dialect):
+    """PostgreSQL through psqlODBC: SKIP LOCKED claims, SQLSTATE passed through."""
+
+    name = "postgresql"
+    now = "(CURRENT_TIMESTAMP AT TIME ZONE 'UTC')"
+    t_ts = "TIMESTAMP(6)"
+    transient_states = frozenset({"40001", "40P01", "55P03", "57P01", "HYT00"})
+
+    def lease_expr(self) -> str:
+        """Now plus ? seconds (fractions kept)."""
+        return f"({self.now} + CAST(? AS DOUBLE PRECISION) * INTERVAL '1 second')"
+
+    def as_text(self, expr: str) -> str:
+        """Keys are compared as text."""
+        return f"CAST({expr} AS TEXT)"
+
+    def lock_ddl(self) -> str:
+        """Concurrent CREATE TABLE IF NOT EXISTS can still collide in pg_type; serialise it."""
+        return "SELECT pg_advisory_xact_lock(727274001)"
+
+    def session_sql(self, query_timeout_s: int) -> list[str]:
+        """PsqlODBC ignores the ODBC query timeout, so the server enforces it."""
+        return [f"SET statement_timeout = {int(query_timeout_s) * 1000}"]
+
+
+class MysqlDialect(Dialect):
+    """MariaDB >= 10.6 / MySQL 8: SKIP LOCKED, UTF-8 binding, native codes in the message."""
+
+    name = "mysql"
+    open_quote = close_quote = "`"
+    now = "UTC_TIMESTAMP(6)"
+    t_ts = "DATETIME(6)"
+    t_float = "DOUBLE"
+    table_suffix = " ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin"
+    # MariaDB's driver fails on SQLPutData of long UTF-16 text; UTF-8 binds round-trip exactly.
+    utf8_everywhere = True
+    transient_states = frozenset({"40001", "HYT00", "08S01"})
+    # 1213 deadlock, 1205 lock wait timeout, 2006/2013 server gone / lost connection
+    transient_codes = frozenset({1205, 1213, 2006, 2013})
+    max_params = 30000
+
+    def lease_expr(self) -> str:
+        """Now plus ? microseconds (an integer: INTERVAL ? SECOND would round)."""
+        return f"({self.now} + INTERVAL ? MICROSECOND)"
+
+    def lease_param(self, lease_s: float) -> Any:
+        """Microseconds."""
+        return round(lease_s * 1_000_000)
+
+    def as_text(self, expr: str) -> str:
+        """Keys are compared as binary-collated text, like items.source_key."""
+        return f"CAST({expr} AS CHAR(255) CHARACTER SET utf8mb4) COLLATE utf8mb4_bin"
+
+    def create_index(self, name: str, table: str, columns: str) -> str | None:
+        """Return None: MySQL indexes are declared inline."""
+        return None
+
+    def inline_index(self, name: str, columns: str) -> str | None:
+        """INDEX clause inside CREATE TABLE."""
+        return f"INDEX {name} ({columns})"
+
+    def insert_ignore(self, table: str, columns: str, select: str, conflict: str) -> str:
+        """INSERT IGNORE skips duplicate keys."""
+        return f"INSERT IGNORE INTO {table} ({columns}) {select}"
+
+    def session_sql(self, query_timeout_s: int) -> list[str]:
+        """READ COMMITTED avoids gap locks on claim/discover; the server enforces the timeout."""
+        return [
+            "SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED",
+            f"SET SESSION max_statement_time = {int(query_timeout_s)}",
+        ]
+
+
+class SqliteDialect(Dialect):
+    """SQLite through the SQLite3 ODBC driver: one writer at a time via BEGIN IMMEDIATE."""
+
+    name = "sqlite"
+    autocommit = True
+    begin_sql = "BEGIN IMMEDIATE"
+    now = "strftime('%Y-%m-%d %H:%M:%f', 'now')"
+    t_key = t_text = t_ts = "TEXT"
+    t_int = "INTEGER"
+    t_float = "REAL"
+    lock_suffix = skip_locked_suffix = ""  # BEGIN IMMEDIATE already holds the write lock
+    max_params = 900
+
+    def lease_expr(self) -> str:
+        """Now plus a '+N seconds' modifier."""
+        return "strftime('%Y-%m-%d %H:%M:%f', 'now', ?)"
+
+    def lease_param(self, lease_s: float) -> Any:
+        """Return the strftime modifier."""
+        return f"{float(lease_s):+.3f} seconds"
+
+    def as_text(self, expr: str) -> str:
+        """Keys are compared as text."""
+        return f"CAST({expr} AS TEXT)"
+
+    def insert_ignore(self, table: str, columns: str, select: str, conflict: str) -> str:
+        """INSERT OR IGNORE skips duplicate keys."""
+        return f"INSERT OR IGNORE INTO {table} ({columns}) {select}"
+
+    def is_transient(self, sqlstate: str, code: int | None, message: str) -> bool:
+        """Every SQLite error is HY000; busy/locked are told apart by the message."""
+        lowered = message.lower()
+        return (
+            "database is locked" in lowered
+            or "database is busy" in lowered
+            or "database table is locked" in lowered
+            or code in {5, 6}  # SQLITE_BUSY, SQLITE_LOCKED
+            or super().is_transient(sqlstate, None, message)
+        )
+
+    def prepare_dsn(self, dsn: str, query_timeout_s: int) -> str:
+        """Give the driver a busy timeout (ms) so BEGIN IMMEDIATE waits for the writer."""
+        if re.search(r"(^|;)\s*timeout\s*=", dsn, re.IGNORECASE):
+            return dsn
+        timeout_ms = (query_timeout_s or 60) * 1000
+        return f"{dsn.rstrip(';')};Timeout={timeout_ms}"
+
+
+class MssqlDialect(Dialect):
+    """SQL Server (Microsoft ODBC Driver 17/18 or FreeTDS): READPAST claims, OUTPUT clauses."""
+
+    name = "mssql"
+    open_quote, close_quote = "[", "]"
+    now = "SYSUTCDATETIME()"
+    t_key = "NVARCHAR(255)"
+    t_text = "NVARCHAR(MAX)"
+    t_ts = "DATETIME2(6)"
+    t_float = "FLOAT"
+    lock_suffix = skip_locked_suffix = ""
+    lock_hint = " WITH (UPDLOCK, ROWLOCK)"
+    skip_locked_hint = " WITH (ROWLOCK, READPAST, UPDLOCK)"
+    transient_states = frozenset({"40001", "HYT00"})
+    # 1205 deadlock victim, 1222 lock request timeout
+    transient_codes = frozenset({1205, 1222})
+    max_params = 2000
+
+    def lease_expr(self) -> str:
+        """Now plus ? milliseconds (DATEADD takes an int)."""
+        return f"DATEADD(millisecond, ?, {self.now})"
+
+    def lease_param(self, lease_s: float) -> Any:
+        """Milliseconds, kept inside int32."""
+        return min(round(lease_s * 1000), 2_147_483_647)
+
+    def as_text(self, expr: str) -> str:
+        """Keys are compared as nvarchar."""
+        return f"CAST({expr} AS NVARCHAR(255))"
+
+    def limit(self, select_body: str, n: int) -> str:
+        """Return the body unchanged: SQL Server limits with TOP (see top())."""
+        return select_body
+
+    def top(self, n: int) -> str:
+        """TOP (n) after SELECT."""
+        return f"TOP ({int(n)}) "
+
+    def create_table(self, table: str, body: str) -> str:
+        """Guarded by OBJECT_ID."""
+        bare = table.replace("[", "").replace("]", "")
+        return f"IF OBJECT_ID(N'{bare}', N'U') IS NULL CREATE TABLE {table} ({body})"
+
+    def create_index(self, name: str, table: str, columns: str) -> str | None:
+        """Guarded by sys.indexes."""
+        bare = table.replace("[", "").replace("]", "")
+        plain = name.replace("[", "").replace("]", "")
+        return (
+            f"IF NOT EXISTS (SELECT 1 FROM sys.indexes WHERE name = N'{plain}' "
+            f"AND object_id = OBJECT_ID(N'{bare}')) CREATE INDEX {name} ON {table} ({columns})"
+        )
+
+    def insert_ignore(self, table: str, columns: str, select: str, conflict: str) -> str:
+        """Return a plain INSERT: its SELECT carries NOT EXISTS with UPDLOCK, HOLDLOCK."""
+        return f"INSERT INTO {table} ({columns}) {select}"
+
+    def lock_ddl(self) -> str:
+        """Serialise concurrent init_db runs."""
+        return (
+            "EXEC sp_getapplock @Resource = N'engine_init_db', @LockMode = N'Exclusive', "
+            "@LockOwner = N'Transaction'"
+        )
+
+
+_DIALECTS: dict[str, type[Dialect]] = {
+    "postgresql": PostgresDialect,
+    "mysql": MysqlDialect,
+    "sqlite": SqliteDialect,
+    "mssql": MssqlDialect,
+}
+
+
+def get_dialect(name: str) -> Dialect:
+    """Return the dialect object for a name (mssql, postgresql, mysql, sqlite)."""
+    try:
+        return _DIALECTS[name]()
+    except KeyError:
+        raise ConfigError(
+            f"dialect: {name!r} is not one of {', '.join(sorted(_DIALECTS))}"
+        ) from None
+
+
+def detect_dialect(dsn: str) -> str:
+    """Name the dialect from the DSN's Driver= attribute; ConfigError when it cannot."""
+    driver = ""
+    for part in dsn.split(";"):
+        key, sep, value = part.partition("=")
+        if sep and key.strip().lower() == "driver":
+            driver = value.strip().strip("{}").lower()
+    if not driver:
+        raise ConfigError("dialect: the DSN names no Driver=; set the dialect explicitly")
+    if "sql server" in driver or "freetds" in driver or "tds" in driver:
+        return "mssql"
+    if "postgres" in driver or "psqlodbc" in driver:
+        return "postgresql"
+    if "mariadb" in driver or "mysql" in driver or "maodbc" in driver:
+        return "mysql"
+    if "sqlite" in driver:
+        return "sqlite"
+    raise ConfigError(f"dialect: cannot tell the database from driver {driver!r}; set it")

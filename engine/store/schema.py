@@ -1,0 +1,119 @@
+"""The engine's own tables (items, batches, meta) and the schema version row, per dialect."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+from engine.settings import StoreSettings
+from engine.store.dialects import Dialect
+from engine.store.models import BatchRecord
+
+__all__ = ["BATCH_COLUMNS", "BATCH_INTS", "SCHEMA_VERSION", "Tables", "ddl_statements"]
+
+SCHEMA_VERSION = 1
+BATCH_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(BatchRecord))
+BATCH_INTS = {
+    "request_total",
+    "request_completed",
+    "request_failed",
+    "estimated_tokens",
+    "input_tokens",
+    "cached_tokens",
+    "output_tokens",
+    "reasoning_tokens",
+}
+_BATCH_TIMES = {"created_at", "updated_at", "lease_expires_at"}
+
+
+@dataclass(frozen=True)
+class Tables:
+    """Quoted names of the engine's tables, plus plain names for constraints and indexes."""
+
+    items: str
+    batches: str
+    meta: str
+    items_plain: str
+    batches_plain: str
+    meta_plain: str
+
+    @classmethod
+    def from_settings(cls, dialect: Dialect, settings: StoreSettings) -> Tables:
+        """Validate and quote the configured table names (IdentifierError names the setting)."""
+        return cls(
+            items=dialect.table(settings.items_table, "items_table"),
+            batches=dialect.table(settings.batches_table, "batches_table"),
+            meta=dialect.table(settings.meta_table, "meta_table"),
+            items_plain=settings.items_table.replace(".", "_"),
+            batches_plain=settings.batches_table.replace(".", "_"),
+            meta_plain=settings.meta_table.replace(".", "_"),
+        )
+
+
+def _batch_column_type(dialect: Dialect, name: str) -> str:
+    """Return the column type of one BatchRecord field."""
+    if name in BATCH_INTS:
+        return f"{dialect.t_int} NOT NULL DEFAULT 0"
+    if name == "cost_usd":
+        return f"{dialect.t_float} NOT NULL DEFAULT 0"
+    if name in _BATCH_TIMES:
+        return f"{dialect.t_ts} NULL"
+    if name == "error":
+        return f"{dialect.t_text} NULL"
+    if name in {"id", "job", "state", "model", "endpoint"}:
+        return f"{dialect.t_key} NOT NULL"
+    return f"{dialect.t_key} NULL"
+
+
+def ddl_statements(dialect: Dialect, tables: Tables) -> list[str]:
+    """CREATE statements for the three tables and their indexes, each idempotent."""
+    q = dialect.open_quote + "{}" + dialect.close_quote
+
+    def c(name: str) -> str:
+        return q.format(name)
+
+    k, t, ts, i = dialect.t_key, dialect.t_text, dialect.t_ts, dialect.t_int
+    items_ix = [
+        # lease_expires_at too, so expired claims are an index range, not a scan
+        (f"ix_{tables.items_plain}_state", f"{c('job')}, {c('state')}, {c('lease_expires_at')}"),
+        (f"ix_{tables.items_plain}_batch", c("batch_id")),
+    ]
+    items_body = [
+        f"{c('job')} {k} NOT NULL",
+        f"{c('source_key')} {k} NOT NULL",
+        f"{c('state')} {k} NOT NULL",
+        f"{c('claim_token')} {k} NULL",
+        f"{c('worker_id')} {k} NULL",
+        f"{c('lease_expires_at')} {ts} NULL",
+        f"{c('attempts')} {i} NOT NULL DEFAULT 0",
+        f"{c('batch_id')} {k} NULL",
+        f"{c('custom_id')} {k} NULL",
+        f"{c('last_error')} {t} NULL",
+        f"{c('created_at')} {ts} NULL",
+        f"{c('updated_at')} {ts} NULL",
+        f"CONSTRAINT {c('pk_' + tables.items_plain)} PRIMARY KEY ({c('job')}, {c('source_key')})",
+    ]
+    batches_ix = [
+        (f"ix_{tables.batches_plain}_remote", c("remote_batch_id")),
+        (f"ix_{tables.batches_plain}_state", f"{c('job')}, {c('state')}"),
+    ]
+    batches_body = [f"{c(n)} {_batch_column_type(dialect, n)}" for n in BATCH_COLUMNS]
+    batches_body.append(f"CONSTRAINT {c('pk_' + tables.batches_plain)} PRIMARY KEY ({c('id')})")
+    meta_body = [
+        f"{c('name')} {k} NOT NULL",
+        f"{c('value')} {k} NULL",
+        f"CONSTRAINT {c('pk_' + tables.meta_plain)} PRIMARY KEY ({c('name')})",
+    ]
+    statements: list[str] = []
+    for table, body, indexes in (
+        (tables.items, items_body, items_ix),
+        (tables.batches, batches_body, batches_ix),
+        (tables.meta, meta_body, []),
+    ):
+        inline = [dialect.inline_index(c(n), cols) for n, cols in indexes]
+        full_body = ", ".join(body + [x for x in inline if x])
+        statements.append(dialect.create_table(table, full_body))
+        for name, cols in indexes:
+            stmt = dialect.create_index(c(name), table, cols)
+            if stmt:
+                statements.append(stmt)
+    return statements
