@@ -303,8 +303,23 @@ class BatchApi:
         return await self._call("retrieve_batch", lambda: self._client.batches.retrieve(batch_id))
 
     async def cancel_batch(self, batch_id: str) -> Batch:
-        """Ask the API to cancel a batch; it passes through "cancelling"."""
-        batch = await self._call("cancel_batch", lambda: self._client.batches.cancel(batch_id))
+        """Ask the API to cancel a batch; it passes through "cancelling".
+
+        A batch that already ended answers 409, which no retry changes: its current state is
+        returned instead, so cancelling is safe to repeat.
+        """
+
+        async def cancel() -> Batch | None:
+            try:
+                return await self._client.batches.cancel(batch_id)
+            except openai.APIStatusError as exc:
+                if exc.status_code == 409:
+                    return None
+                raise
+
+        batch = await self._call("cancel_batch", cancel)
+        if batch is None:
+            return await self.retrieve_batch(batch_id)
         log.info("cancel requested for %s", batch_id, extra={"batch_id": batch_id})
         return batch
 

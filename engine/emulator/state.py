@@ -109,6 +109,11 @@ class BatchRecord:
     custom_ids: tuple[str, ...] = ()
     history: list[StatusChange] = field(default_factory=list)
 
+    @property
+    def status(self) -> str:
+        """The latest status this batch reached."""
+        return self.history[-1].status if self.history else "validating"
+
     def live_interval(self) -> tuple[float, float]:
         """(start, end) in monotonic seconds while the batch was live; end is inf if still so."""
         start = self.history[0].mono if self.history else math.inf
@@ -148,11 +153,26 @@ class Record:
                     found |= sets[i].intersection(items[j].custom_ids)
         return found
 
+    def max_concurrent_live(self) -> int:
+        """Return the largest number of batches that were live at the same moment."""
+        edges: list[tuple[float, int]] = []
+        for batch in self.batches.values():
+            start, end = batch.live_interval()
+            if start != math.inf:
+                edges += [(start, 1), (end, -1)]
+        live = peak = 0
+        # At equal times, ends sort before starts: touching intervals did not overlap.
+        for _at, step in sorted(edges):
+            live += step
+            peak = max(peak, live)
+        return peak
+
     def to_json(self) -> dict[str, Any]:
         """JSON form: every batch and the duplicates."""
         return {
             "batches": [b.to_json() for b in self.batches.values()],
             "duplicate_live_custom_ids": sorted(self.duplicate_live_custom_ids()),
+            "max_concurrent_live": self.max_concurrent_live(),
         }
 
 

@@ -461,3 +461,22 @@ async def test_openai_client_defaults() -> None:
         assert api._client.max_retries == 0
         assert str(api._client.base_url).startswith("https://api.openai.com/v1")
         assert api._client.timeout == 12.5
+
+
+async def test_cancel_of_a_finished_batch_returns_its_state_without_retrying(
+    emulator: Any, tmp_path: Path
+) -> None:
+    emu = await emulator()
+    source = tmp_path / "in.jsonl"
+    write_input(source, make_job(), 2)
+    async with api_for(emu) as api:
+        file_id = await api.upload_file(source)
+        batch = await api.create_batch(file_id, "/v1/chat/completions", {})
+        for _ in range(200):
+            batch = await api.retrieve_batch(batch.id)
+            if batch.status == "completed":
+                break
+            await asyncio.sleep(0.01)
+        assert batch.status == "completed"
+        again = await api.cancel_batch(batch.id)
+    assert again.status == "completed"

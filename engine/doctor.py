@@ -1,0 +1,95 @@
+"""``doctor``: every precondition of a run checked in order, one clear line each.
+
+It does what the old ``test_config.py`` did (configuration and database reachable) and more:
+the ODBC driver, the engine's tables, the source table and columns, the API and its key.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from collections.abc import Callable
+from typing import Any
+
+from engine.errors import EngineError
+from engine.settings import ApiSettings, StoreSettings, redact_dsn
+
+__all__ = ["run_checks"]
+
+_DRIVER = re.compile(r"(?i)(?:^|;)\s*driver\s*=\s*(\{[^}]*\}|[^;]*)")
+
+
+def _line(ok: bool, name: str, detail: str) -> bool:
+    """Print one check's outcome and return it."""
+    print(f"{'ok  ' if ok else 'FAIL'} {name:<14} {detail}", flush=True)
+    return ok
+
+
+def driver_name(dsn: str) -> str | None:
+    """Return the Driver= attribute of an ODBC connection string, without braces."""
+    match = _DRIVER.search(dsn)
+    return match.group(1).strip().strip("{}") if match else None
+
+
+async def run_checks(
+    args: argparse.Namespace,
+    load: Callable[[argparse.Namespace], Any],
+    store_settings: Callable[[argparse.Namespace, Any], StoreSettings],
+) -> bool:
+    """Run every check; True when all pass. Later checks are skipped when they cannot run."""
+    import pyodbc
+
+    from engine.batch_api import BatchApi
+    from engine.store import Store
+
+    try:
+        loaded = load(args)
+    except EngineError as exc:
+        return _line(False, "job file", str(exc))
+    _line(True, "job file", f"{loaded.origin}: job {loaded.spec.name}, model {loaded.spec.model}")
+    ok = True
+    try:
+        settings = store_settings(args, loaded)
+    except EngineError as exc:
+        return _line(False, "database", str(exc))
+    driver = driver_name(settings.dsn)
+    installed = pyodbc.drivers()
+    if driver is None:
+        ok &= _line(True, "odbc driver", "DSN names no driver (a system DSN is used)")
+    elif driver in installed:
+        ok &= _line(True, "odbc driver", driver)
+    else:
+        return _line(
+            False, "odbc driver",
+            f"{driver!r} is not installed; installed: {', '.join(installed) or 'none'}",
+        )
+    try:
+        store = await Store.open(settings)
+    except EngineError as exc:
+        return _line(False, "database", f"{redact_dsn(settings.dsn)}: {exc}")
+    try:
+        try:
+            counts = await store.counts(loaded.spec.name)
+            ok &= _line(True, "database", f"{store.dialect_name}; rows by state {counts}")
+        except EngineError as exc:
+            ok &= _line(False, "engine tables", f"{exc} (run 'init-db')")
+        try:
+            await store.check_source(loaded.spec)
+            ok &= _line(True, "source table", f"{loaded.spec.source.table} and its columns exist")
+        except EngineError as exc:
+            ok &= _line(False, "source table", str(exc))
+    finally:
+        await store.close()
+    try:
+        api_settings = ApiSettings.from_env()
+    except EngineError as exc:
+        return _line(False, "api key", str(exc)) and False
+    target = api_settings.base_url or "the OpenAI API"
+    try:
+        async with BatchApi(api_settings) as api:
+            async for _batch in api.iter_recent_batches(1):
+                break
+        ok &= _line(True, "api", f"{target} reachable, key accepted")
+    except EngineError as exc:
+        ok &= _line(False, "api", f"{target}: {exc}")
+    return ok

@@ -1,0 +1,55 @@
+"""Test-only crash points: the engine dies at a named step, as if the machine lost power.
+
+Off unless ``ENGINE_CRASH_AT`` names a point (the reliability tests set it on a subprocess,
+which then kills itself with SIGKILL) or a test arms one in-process with ``arm()``, which
+raises SimulatedCrash, a BaseException that no engine code catches or cleans up after.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+__all__ = ["CRASH_POINTS", "SimulatedCrash", "arm", "crash_point", "disarm"]
+
+CRASH_POINTS = (
+    "after_claim",  # rows claimed, nothing bound to a batch yet
+    "after_spool",  # draft bound in the database, nothing sent
+    "after_upload",  # input file uploaded, its id saved, no batch created
+    "after_create",  # remote batch created, its id NOT saved yet
+    "mid_poll",  # batch live and recorded, while polling
+    "after_download",  # batch finished, output downloaded, nothing applied
+    "mid_apply",  # the first chunk of results applied, the rest not
+)
+
+_armed: dict[str, int] = {}
+
+
+class SimulatedCrash(BaseException):
+    """Raised at an armed crash point; deliberately not an Exception so nothing handles it."""
+
+
+def arm(point: str, *, after: int = 1) -> None:
+    """Crash in-process the ``after``-th time ``point`` is reached."""
+    if point not in CRASH_POINTS:
+        raise ValueError(f"unknown crash point {point!r}; known: {', '.join(CRASH_POINTS)}")
+    _armed[point] = after
+
+
+def disarm() -> None:
+    """Remove every in-process crash point."""
+    _armed.clear()
+
+
+def crash_point(point: str) -> None:
+    """Die here when this point is armed (in-process) or named by ENGINE_CRASH_AT."""
+    if _armed:
+        left = _armed.get(point)
+        if left is not None:
+            if left <= 1:
+                del _armed[point]
+                raise SimulatedCrash(point)
+            _armed[point] = left - 1
+    target = os.environ.get("ENGINE_CRASH_AT")
+    if target and target == point:
+        os.kill(os.getpid(), signal.SIGKILL)

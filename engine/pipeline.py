@@ -1,0 +1,208 @@
+"""What the four stages share: the context, the in-flight slots, events and batch hand-offs."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+from engine.batch_api import BatchApi
+from engine.job import JobSpec
+from engine.requests import RequestRenderer
+from engine.results import ResultParser
+from engine.settings import EngineSettings
+from engine.store import BatchRecord, Store
+
+__all__ = [
+    "Draft",
+    "EngineEvent",
+    "EventKind",
+    "InFlightSlots",
+    "PipelineContext",
+    "get_or_stop",
+    "sleep_or_stop",
+]
+
+log = logging.getLogger("engine.pipeline")
+T = TypeVar("T")
+
+EventKind = Literal[
+    "batch_state",  # a batch changed local state or remote status
+    "rows_applied",  # results written to the source table
+    "rows_requeued",  # rows sent back to pending (with reasons)
+    "rows_dead",  # rows dead-lettered
+    "error",  # something went wrong that the engine handled
+    "idle",  # nothing left to do (run(until_idle=True) returns next)
+]
+
+
+@dataclass(frozen=True, slots=True)
+class EngineEvent:
+    """One thing that happened, for embedding applications and progress displays."""
+
+    kind: EventKind
+    job: str
+    batch_id: str | None = None
+    remote_batch_id: str | None = None
+    state: str | None = None
+    rows: int = 0
+    message: str = ""
+    at: float = field(default_factory=time.time)
+
+
+@dataclass(slots=True)
+class Draft:
+    """A batch whose items are bound in the database and whose JSONL lies in the spool."""
+
+    record: BatchRecord
+    spool_path: Path
+    requests: int
+    estimated_tokens: int
+
+
+class InFlightSlots:
+    """Counts this worker's batches from draft to applied and bounds them by max_in_flight.
+
+    Adopted batches (found at start-up) are counted without waiting, so a restart never refuses
+    to finish work it already owns; new drafts wait until the count is under the limit.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._count = 0
+        self._changed = asyncio.Condition()
+
+    @property
+    def count(self) -> int:
+        """Batches currently counted."""
+        return self._count
+
+    async def acquire(self) -> None:
+        """Wait for a free slot and take it."""
+        async with self._changed:
+            await self._changed.wait_for(lambda: self._count < self._limit)
+            self._count += 1
+
+    async def adopt(self) -> None:
+        """Count a batch that already exists, without waiting."""
+        async with self._changed:
+            self._count += 1
+
+    async def release(self) -> None:
+        """Give a slot back and wake whoever waits."""
+        async with self._changed:
+            self._count = max(0, self._count - 1)
+            self._changed.notify_all()
+
+    async def wait_below(self, count: int) -> None:
+        """Wait until fewer than ``count`` slots are taken."""
+        async with self._changed:
+            await self._changed.wait_for(lambda: self._count < count)
+
+
+@dataclass
+class PipelineContext:
+    """Everything the stages share; built by Engine, one per run."""
+
+    job: JobSpec
+    store: Store
+    api: BatchApi
+    settings: EngineSettings
+    worker_id: str
+    renderer: RequestRenderer
+    parser: ResultParser
+    slots: InFlightSlots
+    spool_dir: Path
+    emit: Callable[[EngineEvent], None]
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    # Set whenever rows may have become claimable again (a batch finished, rows requeued).
+    work_changed: asyncio.Event = field(default_factory=asyncio.Event)
+    # Batches this worker owns (draft to applied); the slots count the same set.
+    owned: set[str] = field(default_factory=set)
+    batches_submitted: int = 0
+    batches_applied: int = 0
+    counters: dict[str, int] = field(default_factory=dict)
+
+    async def done_with(self, batch_id: str, *, expire_lease: bool = False) -> None:
+        """Stop owning a batch: free its slot, and with expire_lease let anyone adopt it now."""
+        if batch_id not in self.owned:
+            return
+        self.owned.discard(batch_id)
+        if expire_lease:
+            await self.store.renew_batch_leases(self.worker_id, [batch_id], 0.0)
+        await self.slots.release()
+        self.work_changed.set()
+
+    def count(self, name: str, amount: int = 1) -> None:
+        """Add to a run counter (rows applied, requeued, dead, ...)."""
+        self.counters[name] = self.counters.get(name, 0) + amount
+
+    async def record_batch(self, record: BatchRecord, **fields: Any) -> BatchRecord:
+        """Persist a batch transition, log it once at INFO, emit an event; return the new record."""
+        await self.store.update_batch(record.id, **fields)
+        new = _replace(record, fields)
+        if new.state != record.state or new.remote_status != record.remote_status:
+            log.info(
+                "batch %s (%s): %s/%s",
+                new.id,
+                new.remote_batch_id or "-",
+                new.state,
+                new.remote_status or "-",
+                extra={"batch_id": new.id, "remote_batch_id": new.remote_batch_id},
+            )
+            self.emit(
+                EngineEvent(
+                    kind="batch_state",
+                    job=self.job.name,
+                    batch_id=new.id,
+                    remote_batch_id=new.remote_batch_id,
+                    state=f"{new.state}/{new.remote_status or '-'}",
+                )
+            )
+        return new
+
+    def spool_path(self, batch_id: str, suffix: str = "input") -> Path:
+        """Where a batch's local files live."""
+        return self.spool_dir / f"{self.job.name}-{batch_id}.{suffix}.jsonl"
+
+
+def _replace(record: BatchRecord, fields: dict[str, Any]) -> BatchRecord:
+    """Return a copy of a frozen BatchRecord with fields changed."""
+    from dataclasses import replace
+
+    return replace(record, **fields)
+
+
+async def get_or_stop(
+    queue: asyncio.Queue[T], stopping: asyncio.Event, wait_s: float | None = None
+) -> T | None:
+    """Return the next queued item; None on timeout or once the engine is stopping."""
+    if not queue.empty():
+        return queue.get_nowait()
+    if stopping.is_set():
+        return None
+    get = asyncio.ensure_future(queue.get())
+    stop = asyncio.ensure_future(stopping.wait())
+    try:
+        await asyncio.wait({get, stop}, timeout=wait_s, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stop.cancel()
+        if not get.done():
+            get.cancel()
+        await asyncio.gather(stop, get, return_exceptions=True)
+    if get.done() and not get.cancelled():
+        return get.result()
+    return None
+
+
+async def sleep_or_stop(seconds: float, stopping: asyncio.Event) -> bool:
+    """Sleep, waking early when the engine stops; True when it is stopping."""
+    try:
+        await asyncio.wait_for(stopping.wait(), timeout=max(seconds, 0.0))
+    except TimeoutError:
+        return False
+    return True

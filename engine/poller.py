@@ -1,0 +1,197 @@
+"""Stage 3: the one place that tracks every live batch, polls it with backoff, renews leases.
+
+It also adopts batches whose worker died (their lease expired), so several engine processes
+can share one database and finish each other's work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from engine.errors import AuthenticationError, BatchApiError
+from engine.faults import crash_point
+from engine.pipeline import PipelineContext, get_or_stop
+from engine.store import BatchRecord
+from engine.submitter import TokenBudget
+
+__all__ = ["TERMINAL_STATUSES", "Poller"]
+
+log = logging.getLogger("engine.poller")
+
+TERMINAL_STATUSES = frozenset({"completed", "failed", "expired", "cancelled"})
+
+
+@dataclass
+class _Tracked:
+    """A live batch and when to look at it next."""
+
+    record: BatchRecord
+    next_poll: float
+    interval: float
+
+
+class Poller:
+    """Polls live batches; terminal ones go to the writer, token-limited ones back to submit."""
+
+    def __init__(
+        self,
+        ctx: PipelineContext,
+        budget: TokenBudget,
+        finished: Callable[[BatchRecord], Awaitable[None]],
+        resubmit: Callable[[BatchRecord], Awaitable[None]],
+        adopt: Callable[[], Awaitable[int]],
+    ) -> None:
+        self._ctx = ctx
+        self._budget = budget
+        self._finished = finished
+        self._resubmit = resubmit
+        self._adopt = adopt
+        self._inbox: asyncio.Queue[BatchRecord] = asyncio.Queue()
+        self._tracked: dict[str, _Tracked] = {}
+        self._retry_later: dict[str, tuple[float, BatchRecord]] = {}
+
+    @property
+    def live(self) -> int:
+        """Batches being polled or waiting to be resubmitted."""
+        return len(self._tracked) + len(self._retry_later) + self._inbox.qsize()
+
+    async def track(self, record: BatchRecord) -> None:
+        """Start polling a batch that is live remotely."""
+        await self._inbox.put(record)
+
+    async def run(self) -> None:
+        """Poll until the engine stops."""
+        ctx = self._ctx
+        lease_every = max(ctx.settings.lease_s / 3, 0.05)
+        next_lease = time.monotonic() + lease_every
+        while not ctx.stopping.is_set():
+            self._drain_inbox()
+            now = time.monotonic()
+            for tracked in [t for t in self._tracked.values() if t.next_poll <= now]:
+                await self._poll(tracked)
+            for batch_id, (due, record) in list(self._retry_later.items()):
+                if due <= now:
+                    del self._retry_later[batch_id]
+                    await self._resubmit(record)
+            if now >= next_lease:
+                await self._renew_and_adopt()
+                next_lease = now + lease_every
+            wake_at = min(
+                [t.next_poll for t in self._tracked.values()]
+                + [due for due, _ in self._retry_later.values()]
+                + [next_lease]
+            )
+            timeout = max(0.0, wake_at - time.monotonic())
+            arrived = await get_or_stop(self._inbox, ctx.stopping, timeout)
+            if arrived is not None:
+                self._add(arrived)
+
+    async def poll_once(self, record: BatchRecord) -> None:
+        """Poll one batch now (the check command); terminal batches go on as usual."""
+        self._tracked[record.id] = _Tracked(record, time.monotonic(), 0.01)
+        await self._poll(self._tracked[record.id])
+        self._tracked.pop(record.id, None)
+
+    def _drain_inbox(self) -> None:
+        """Move every queued batch into the tracked set."""
+        while not self._inbox.empty():
+            self._add(self._inbox.get_nowait())
+
+    def _add(self, record: BatchRecord) -> None:
+        """Track a batch, first poll soon."""
+        first = self._ctx.settings.min_check_interval_s
+        self._tracked[record.id] = _Tracked(record, time.monotonic() + first, max(first, 0.01))
+
+    async def _poll(self, tracked: _Tracked) -> None:
+        """Retrieve one batch; record changes; hand it on when it is terminal."""
+        ctx = self._ctx
+        record = tracked.record
+        assert record.remote_batch_id is not None
+        crash_point("mid_poll")
+        try:
+            batch = await ctx.api.retrieve_batch(record.remote_batch_id)
+        except AuthenticationError:
+            raise
+        except BatchApiError as exc:
+            log.warning("batch %s: poll failed: %s", record.id, exc, extra={"batch_id": record.id})
+            tracked.next_poll = time.monotonic() + self._backoff(tracked)
+            return
+        counts = batch.request_counts
+        fields: dict[str, Any] = {"remote_status": batch.status}
+        if counts is not None:
+            fields.update(
+                request_completed=counts.completed,
+                request_failed=counts.failed,
+                request_total=counts.total or record.request_total,
+            )
+        changed = batch.status != record.remote_status or (
+            counts is not None and counts.completed != record.request_completed
+        )
+        if batch.status not in TERMINAL_STATUSES:
+            if changed:
+                tracked.record = await ctx.record_batch(record, **fields)
+                tracked.interval = max(ctx.settings.min_check_interval_s, 0.01)
+            tracked.next_poll = time.monotonic() + self._backoff(tracked)
+            return
+        del self._tracked[record.id]
+        await self._budget.release(record.model, record.estimated_tokens)
+        errors = [e.model_dump() for e in (batch.errors.data or [])] if batch.errors else []
+        token_limited = any(e.get("code") == "token_limit_exceeded" for e in errors)
+        if batch.status == "failed" and token_limited:
+            # Not the rows' fault: keep the uploaded file, wait, and create a new batch.
+            record = await ctx.record_batch(
+                record,
+                state="uploaded",
+                remote_batch_id=None,
+                remote_status=None,
+                error="token_limit_exceeded: waiting to resubmit",
+            )
+            due = time.monotonic() + ctx.settings.token_limit_backoff_s
+            self._retry_later[record.id] = (due, record)
+            return
+        if batch.usage is not None:
+            usage = batch.usage
+            fields.update(
+                input_tokens=usage.input_tokens,
+                cached_tokens=usage.input_tokens_details.cached_tokens,
+                output_tokens=usage.output_tokens,
+                reasoning_tokens=usage.output_tokens_details.reasoning_tokens,
+            )
+        fields.update(
+            state="finished",
+            output_file_id=batch.output_file_id,
+            error_file_id=batch.error_file_id,
+        )
+        if errors:
+            fields["error"] = orjson.dumps(errors[:50]).decode()[:4000]
+        record = await ctx.record_batch(record, **fields)
+        await self._finished(record)
+
+    def _backoff(self, tracked: _Tracked) -> float:
+        """Double the interval up to check_interval_s and return it."""
+        upper = max(self._ctx.settings.check_interval_s, 0.01)
+        tracked.interval = min(tracked.interval * 2, upper)
+        return tracked.interval
+
+    async def _renew_and_adopt(self) -> None:
+        """Extend this worker's leases, drop lost batches, adopt dead workers' batches."""
+        ctx = self._ctx
+        owned = sorted(ctx.owned)
+        if owned:
+            lost = await ctx.store.renew_batch_leases(ctx.worker_id, owned, ctx.settings.lease_s)
+            for batch_id in lost:
+                log.warning("batch %s: lease lost to another worker", batch_id)
+                tracked = self._tracked.pop(batch_id, None)
+                if tracked is not None:
+                    record = tracked.record
+                    await self._budget.release(record.model, record.estimated_tokens)
+                self._retry_later.pop(batch_id, None)
+                await ctx.done_with(batch_id)
+        await self._adopt()

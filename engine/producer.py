@@ -1,0 +1,255 @@
+"""Stage 1: claim pending rows, render one request line each, and cut them into batch drafts.
+
+A draft is made durable before anyone else sees it: its JSONL lies in the spool and its items
+are bound to the local batch in the database (state ``draft``), so a crash from here on is
+recovered by adopting the batch, never by claiming the rows again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from pathlib import Path
+
+from engine.faults import SimulatedCrash, crash_point
+from engine.pipeline import Draft, EngineEvent, PipelineContext
+from engine.requests import InputRejected
+from engine.store import BatchRecord, ClaimedItem, RequeueRow
+
+__all__ = ["Producer"]
+
+log = logging.getLogger("engine.producer")
+
+# Claims are kept short: one transaction per chunk, so a 50,000-row batch never holds locks
+# for long and other workers interleave.
+CLAIM_CHUNK = 2000
+
+
+class Producer:
+    """Claims, renders and spools drafts until stopped, out of work, or at num_batches."""
+
+    def __init__(
+        self,
+        ctx: PipelineContext,
+        submit_queue: asyncio.Queue[BatchRecord],
+        *,
+        until_idle: bool,
+        num_batches: int | None,
+    ) -> None:
+        self._ctx = ctx
+        self._queue = submit_queue
+        self._until_idle = until_idle
+        self._num_batches = num_batches
+        self.produced = 0
+        self.idle = False
+
+    async def run(self) -> None:
+        """Produce drafts until stopping, idle (with until_idle) or num_batches reached."""
+        ctx = self._ctx
+        while not ctx.stopping.is_set():
+            if self._num_batches is not None and self.produced >= self._num_batches:
+                return
+            if not await self._take_slot():
+                return
+            others_in_flight = ctx.slots.count - 1
+            ctx.work_changed.clear()
+            try:
+                draft = await self.build_draft()
+            except BaseException:
+                await ctx.slots.release()
+                raise
+            if draft is not None:
+                self.produced += 1
+                await self._queue.put(draft.record)
+                continue
+            await ctx.slots.release()
+            if self._until_idle and others_in_flight == 0 and self._queue.empty():
+                self.idle = True
+                ctx.emit(EngineEvent(kind="idle", job=ctx.job.name, message="nothing pending"))
+                return
+            await self._wait_for_work()
+
+    async def _take_slot(self) -> bool:
+        """Wait for an in-flight slot; False when the engine is stopping first."""
+        ctx = self._ctx
+        acquire = asyncio.ensure_future(ctx.slots.acquire())
+        stop = asyncio.ensure_future(ctx.stopping.wait())
+        try:
+            await asyncio.wait({acquire, stop}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+            if not acquire.done():
+                acquire.cancel()
+                await asyncio.gather(acquire, return_exceptions=True)
+        if ctx.stopping.is_set():
+            if acquire.done() and not acquire.cancelled():
+                await ctx.slots.release()
+            return False
+        return True
+
+    async def _wait_for_work(self) -> None:
+        """Sleep until rows may have come back, new rows may exist, or the engine stops."""
+        ctx = self._ctx
+        timeout = max(ctx.settings.min_check_interval_s, 0.0)
+        if not self._until_idle:
+            timeout = max(ctx.settings.check_interval_s, timeout)
+        waits = {
+            asyncio.ensure_future(ctx.work_changed.wait()),
+            asyncio.ensure_future(ctx.stopping.wait()),
+        }
+        try:
+            await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in waits:
+                task.cancel()
+            await asyncio.gather(*waits, return_exceptions=True)
+
+    async def build_draft(self) -> Draft | None:
+        """Claim, render and spool one batch; bind its items; None when nothing is pending."""
+        ctx = self._ctx
+        settings = ctx.settings
+        batch_id = uuid.uuid4().hex
+        path = ctx.spool_path(batch_id)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        bound: list[tuple[str, str, str]] = []
+        rejected: list[RequeueRow] = []
+        overflow: list[tuple[str, str]] = []
+        size_bytes = 0
+        tokens = 0
+        discovered = False
+        token_cap = settings.max_batch_tokens
+        with path.open("wb") as spool:
+            try:
+                while len(bound) < settings.batch_size and not overflow:
+                    want = min(CLAIM_CHUNK, settings.batch_size - len(bound))
+                    claimed = await ctx.store.claim(ctx.job, ctx.worker_id, want, settings.lease_s)
+                    if not claimed:
+                        if discovered:
+                            break
+                        found = await ctx.store.discover(ctx.job)
+                        discovered = True
+                        if found:
+                            log.info("discovered %d pending rows of %s", found, ctx.job.name)
+                        continue
+                    crash_point("after_claim")
+                    lines: list[bytes] = []
+                    for item in claimed:
+                        outcome = self._render(item)
+                        if isinstance(outcome, RequeueRow):
+                            rejected.append(outcome)
+                            continue
+                        custom_id, line, estimate = outcome
+                        too_big = size_bytes + len(line) > settings.max_batch_bytes
+                        too_many = token_cap is not None and tokens + estimate > token_cap
+                        if bound and (too_big or too_many or overflow):
+                            overflow.append((item.key, item.claim_token))
+                            continue
+                        lines.append(line)
+                        bound.append((item.key, item.claim_token, custom_id))
+                        size_bytes += len(line)
+                        tokens += estimate
+                    await asyncio.to_thread(spool.writelines, lines)
+                    if len(claimed) < want and discovered:
+                        break
+            except SimulatedCrash:
+                raise
+            except BaseException:
+                # Nothing is bound yet: give every claim back rather than wait for the lease.
+                await self._give_back(bound, overflow)
+                path.unlink(missing_ok=True)
+                raise
+        if rejected:
+            dead = await ctx.store.dead_letter(ctx.job, rejected)
+            ctx.count("rows_dead", dead.dead)
+            ctx.emit(
+                EngineEvent(
+                    kind="rows_dead",
+                    job=ctx.job.name,
+                    rows=dead.dead,
+                    message=rejected[0].reason,
+                )
+            )
+        if overflow:
+            await ctx.store.release(ctx.job, overflow)
+        if not bound:
+            path.unlink(missing_ok=True)
+            return None
+        return await self._bind(batch_id, path, bound, tokens)
+
+    def _render(self, item: ClaimedItem) -> tuple[str, bytes, int] | RequeueRow:
+        """Render one row, or the dead-letter reason for input that can never succeed."""
+        try:
+            rendered = self._ctx.renderer.render(item, item.attempts)
+        except InputRejected as exc:
+            return RequeueRow(item.key, item.claim_token, f"input rejected: {exc}")
+        return rendered.custom_id, rendered.line, rendered.estimated_tokens
+
+    async def _give_back(
+        self, bound: list[tuple[str, str, str]], overflow: list[tuple[str, str]]
+    ) -> None:
+        """Release claims after a failure, shielded so cancellation cannot skip it."""
+        pairs = [(key, token) for key, token, _ in bound] + overflow
+        if not pairs:
+            return
+        try:
+            await asyncio.shield(self._ctx.store.release(self._ctx.job, pairs))
+        except Exception:  # the leases expire anyway; never hide the original error
+            log.warning("could not release %d claims; their leases will expire", len(pairs))
+
+    async def _bind(
+        self, batch_id: str, path: Path, bound: list[tuple[str, str, str]], tokens: int
+    ) -> Draft | None:
+        """Persist the draft batch and bind its items; rewrite the spool if some were lost."""
+        ctx = self._ctx
+        record = BatchRecord(
+            id=batch_id,
+            job=ctx.job.name,
+            state="draft",
+            model=ctx.job.model,
+            endpoint=ctx.job.endpoint,
+            worker_id=ctx.worker_id,
+            request_total=len(bound),
+            estimated_tokens=tokens,
+        )
+        count = await ctx.store.create_draft(record, bound, ctx.settings.lease_s)
+        if count < len(bound):
+            # Some claims expired and were taken by another worker: send only what we hold.
+            kept = {cid for _, _, cid, _ in await ctx.store.batch_items(batch_id)}
+            log.warning(
+                "batch %s: %d of %d claims were lost to another worker",
+                batch_id,
+                len(bound) - count,
+                len(bound),
+            )
+            await asyncio.to_thread(_filter_spool, path, kept)
+            if not kept:
+                await ctx.store.update_batch(batch_id, state="abandoned", error="claims lost")
+                path.unlink(missing_ok=True)
+                return None
+            await ctx.store.update_batch(batch_id, request_total=len(kept))
+        ctx.owned.add(batch_id)
+        crash_point("after_spool")
+        ctx.emit(
+            EngineEvent(
+                kind="batch_state",
+                job=ctx.job.name,
+                batch_id=batch_id,
+                state="draft/-",
+                rows=count,
+            )
+        )
+        log.info("batch %s: draft of %d requests", batch_id, count, extra={"batch_id": batch_id})
+        return Draft(record=record, spool_path=path, requests=count, estimated_tokens=tokens)
+
+
+def _filter_spool(path: Path, keep: set[str]) -> None:
+    """Rewrite a spool file keeping only the lines whose custom_id is in ``keep``."""
+    import orjson
+
+    tmp = path.with_suffix(".tmp")
+    with path.open("rb") as src, tmp.open("wb") as dst:
+        for line in src:
+            if orjson.loads(line)["custom_id"] in keep:
+                dst.write(line)
+    tmp.replace(path)

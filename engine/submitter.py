@@ -1,0 +1,180 @@
+"""Stage 2: upload a draft's spool file and create its remote batch, persisting every id.
+
+Each remote call is bracketed by database writes: the draft exists before the upload, the
+file id is saved before ``batches.create``, and the batch id right after. The one window left
+(a crash after ``create`` returned, before its id was saved) is closed at recovery by matching
+the ``engine_batch`` metadata of recent remote batches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+from engine.errors import AuthenticationError, BatchApiError, TransientApiError
+from engine.faults import crash_point
+from engine.pipeline import EngineEvent, PipelineContext, get_or_stop, sleep_or_stop
+from engine.store import BatchRecord, RequeueRow
+
+__all__ = ["Submitter", "TokenBudget"]
+
+log = logging.getLogger("engine.submitter")
+
+# How far back recovery looks among remote batches for one created but never recorded.
+RECOVERY_LOOKBACK_S = 6 * 3600
+RECOVERY_MAX_PAGES = 20
+
+
+class TokenBudget:
+    """Estimated enqueued tokens per model across this worker's live batches, under a cap."""
+
+    def __init__(self, limit: int | None) -> None:
+        self._limit = limit
+        self._used: dict[str, int] = {}
+        self._changed = asyncio.Condition()
+
+    def used(self, model: str) -> int:
+        """Tokens counted against a model now."""
+        return self._used.get(model, 0)
+
+    async def reserve(self, model: str, tokens: int) -> None:
+        """Wait until the batch fits (a batch larger than the cap goes alone), then count it."""
+        async with self._changed:
+            if self._limit is not None:
+                limit = self._limit
+                await self._changed.wait_for(
+                    lambda: self.used(model) == 0 or self.used(model) + tokens <= limit
+                )
+            self._used[model] = self.used(model) + tokens
+
+    async def release(self, model: str, tokens: int) -> None:
+        """Stop counting a batch that reached a terminal status."""
+        async with self._changed:
+            self._used[model] = max(0, self.used(model) - tokens)
+            self._changed.notify_all()
+
+
+class Submitter:
+    """Takes drafts (and recovered batches) to live remote batches, one at a time."""
+
+    def __init__(
+        self,
+        ctx: PipelineContext,
+        inbox: asyncio.Queue[BatchRecord],
+        budget: TokenBudget,
+        track: Callable[[BatchRecord], Awaitable[None]],
+        rebuild_spool: Callable[[BatchRecord], Awaitable[None]],
+    ) -> None:
+        self._ctx = ctx
+        self._inbox = inbox
+        self._budget = budget
+        self._track = track
+        self._rebuild_spool = rebuild_spool
+        # Local ids that may have a remote batch we never recorded (crash after create).
+        self.suspect: set[str] = set()
+
+    async def run(self) -> None:
+        """Submit whatever arrives until the engine stops."""
+        ctx = self._ctx
+        while not ctx.stopping.is_set():
+            record = await get_or_stop(self._inbox, ctx.stopping)
+            if record is None:
+                return
+            await self.submit(record)
+
+    async def submit(self, record: BatchRecord) -> None:
+        """Upload and create until the batch is live, abandoned, or the engine stops."""
+        ctx = self._ctx
+        delay = max(ctx.settings.min_check_interval_s, 0.05)
+        while True:
+            try:
+                await self._submit_once(record)
+                return
+            except AuthenticationError:
+                raise
+            except TransientApiError as exc:
+                # The retry module already tried hard; keep the draft and wait, never drop it.
+                log.warning("batch %s: API unavailable (%s); waiting %.1fs", record.id, exc, delay)
+                ctx.emit(EngineEvent(kind="error", job=ctx.job.name, batch_id=record.id,
+                                     message=str(exc)))
+                if await sleep_or_stop(delay, ctx.stopping):
+                    return
+                delay = min(delay * 2, max(ctx.settings.check_interval_s, delay))
+                refreshed = await ctx.store.get_batch(record.id)
+                record = refreshed or record
+            except BatchApiError as exc:
+                await self._abandon(record, f"submission refused: {exc}")
+                return
+
+    async def _submit_once(self, record: BatchRecord) -> None:
+        """One pass through upload and create, from whatever state the record is in."""
+        ctx = self._ctx
+        if record.state == "draft":
+            path = ctx.spool_path(record.id)
+            if not path.exists():
+                await self._rebuild_spool(record)
+            file_id = await ctx.api.upload_file(path)
+            record = await ctx.record_batch(record, state="uploaded", input_file_id=file_id)
+            crash_point("after_upload")
+        input_file_id = record.input_file_id
+        if record.state != "uploaded" or input_file_id is None:
+            raise BatchApiError(f"batch {record.id} cannot be submitted from {record.state}")
+        if record.id in self.suspect:
+            found = await self._find_remote(record)
+            self.suspect.discard(record.id)
+            if found is not None:
+                await self._budget.reserve(record.model, record.estimated_tokens)
+                record = await ctx.record_batch(
+                    record, state="submitted", remote_batch_id=found[0], remote_status=found[1]
+                )
+                log.info("batch %s: re-attached to remote %s", record.id, found[0])
+                await self._track(record)
+                return
+        await self._budget.reserve(record.model, record.estimated_tokens)
+        try:
+            batch = await ctx.api.create_batch(
+                input_file_id,
+                record.endpoint,
+                {"engine_batch": record.id, "engine_job": ctx.job.name},
+            )
+        except BaseException:
+            await self._budget.release(record.model, record.estimated_tokens)
+            # The create may have reached the API before the failure: check before retrying.
+            self.suspect.add(record.id)
+            raise
+        crash_point("after_create")
+        record = await ctx.record_batch(
+            record, state="submitted", remote_batch_id=batch.id, remote_status=batch.status
+        )
+        ctx.batches_submitted += 1
+        await self._track(record)
+
+    async def _find_remote(self, record: BatchRecord) -> tuple[str, str] | None:
+        """Return (remote id, status) of a live or finished remote batch made for this record."""
+        since = (record.created_at.timestamp() if record.created_at else time.time())
+        since -= RECOVERY_LOOKBACK_S
+        async for batch in self._ctx.api.iter_recent_batches(RECOVERY_MAX_PAGES):
+            if batch.created_at < since:
+                break
+            meta = batch.metadata or {}
+            # A failed batch processed nothing (validation, token limit): create a new one.
+            if meta.get("engine_batch") == record.id and batch.status != "failed":
+                return batch.id, batch.status
+        return None
+
+    async def _abandon(self, record: BatchRecord, reason: str) -> None:
+        """Give a batch's rows back with the reason (an attempt each) and free its slot."""
+        ctx = self._ctx
+        items = await ctx.store.batch_items(record.id)
+        rows = [RequeueRow(key, token, reason) for key, token, _cid, _att in items]
+        outcome = await ctx.store.requeue(ctx.job, rows, ctx.settings.max_attempts)
+        await ctx.record_batch(record, state="abandoned", error=reason[:2000])
+        log.error("batch %s abandoned: %s", record.id, reason, extra={"batch_id": record.id})
+        ctx.count("rows_requeued", outcome.requeued)
+        ctx.count("rows_dead", outcome.dead)
+        ctx.emit(EngineEvent(kind="error", job=ctx.job.name, batch_id=record.id, message=reason))
+        ctx.spool_path(record.id).unlink(missing_ok=True)
+        await ctx.done_with(record.id)
+

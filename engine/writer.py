@@ -1,0 +1,308 @@
+"""Stage 4: download a finished batch's files, parse and validate each line, apply or requeue.
+
+Results are applied in chunks, each chunk one fenced transaction, so a crash mid-batch leaves
+every row either applied or still bound to the batch; running the writer again on the same
+batch applies only what is left (the fence skips rows already done).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import orjson
+
+from engine.errors import AuthenticationError, BatchApiError, ResultError
+from engine.faults import crash_point
+from engine.pipeline import EngineEvent, PipelineContext, get_or_stop
+from engine.pricing import cost_usd
+from engine.results import Failure, Success, Usage
+from engine.store import ApplyRow, BatchRecord, RequeueRow
+
+__all__ = ["Writer"]
+
+log = logging.getLogger("engine.writer")
+
+# Lines read per step; between steps the event loop runs other stages.
+READ_CHUNK_LINES = 2000
+
+
+@dataclass
+class _Tally:
+    """What one batch's results came to."""
+
+    applied: int = 0
+    requeued: int = 0
+    dead: int = 0
+    stale: int = 0
+    skipped_lines: int = 0
+    usage: Usage = field(default_factory=lambda: Usage(0, 0, 0, 0))
+
+
+class Writer:
+    """Applies finished batches one at a time, in the order they finish."""
+
+    def __init__(self, ctx: PipelineContext) -> None:
+        self._ctx = ctx
+        self._inbox: asyncio.Queue[BatchRecord] = asyncio.Queue()
+        self.busy = False
+
+    @property
+    def pending(self) -> int:
+        """Finished batches waiting to be applied."""
+        return self._inbox.qsize() + (1 if self.busy else 0)
+
+    async def accept(self, record: BatchRecord) -> None:
+        """Queue a finished batch."""
+        await self._inbox.put(record)
+
+    async def run(self) -> None:
+        """Apply batches until the engine stops."""
+        ctx = self._ctx
+        while not ctx.stopping.is_set():
+            record = await get_or_stop(self._inbox, ctx.stopping)
+            if record is None:
+                return
+            self.busy = True
+            try:
+                await self.apply_batch(record)
+            finally:
+                self.busy = False
+
+    async def apply_batch(self, record: BatchRecord) -> None:
+        """Apply one finished batch's results and resolve every one of its rows."""
+        ctx = self._ctx
+        items = await ctx.store.batch_items(record.id)
+        tokens = {custom_id: (key, token) for key, token, custom_id, _ in items}
+        seen: set[str] = set()
+        tally = _Tally()
+        status = record.remote_status or "unknown"
+        try:
+            files = ((record.output_file_id, "output"), (record.error_file_id, "error"))
+            for file_id, kind in files:
+                if file_id:
+                    await self._apply_file(record, file_id, kind, tokens, seen, tally)
+        except AuthenticationError:
+            raise
+        except BatchApiError as exc:
+            # Leave the batch finished: the next run (or the next adoption) downloads again.
+            log.error(
+                "batch %s: download failed: %s", record.id, exc, extra={"batch_id": record.id}
+            )
+            ctx.emit(EngineEvent(kind="error", job=ctx.job.name, batch_id=record.id,
+                                 message=f"download failed: {exc}"))
+            await ctx.record_batch(record, error=f"download failed: {exc}"[:2000])
+            await ctx.done_with(record.id, expire_lease=True)
+            return
+        leftover = [cid for cid in tokens if cid not in seen]
+        if leftover:
+            await self._requeue_leftover(record, status, leftover, tokens, tally)
+        usage = tally.usage
+        if record.input_tokens or record.output_tokens:
+            usage = Usage(
+                record.input_tokens, record.cached_tokens, record.output_tokens,
+                record.reasoning_tokens,
+            )
+        cost = cost_usd(record.model, usage, batch=True, overrides=ctx.job.pricing)
+        await ctx.record_batch(
+            record,
+            state="applied",
+            input_tokens=usage.input_tokens,
+            cached_tokens=usage.cached_tokens,
+            output_tokens=usage.output_tokens,
+            reasoning_tokens=usage.reasoning_tokens,
+            cost_usd=cost,
+        )
+        log.info(
+            "batch %s: %d applied, %d requeued, %d dead, %d stale, $%.4f",
+            record.id, tally.applied, tally.requeued, tally.dead, tally.stale, cost,
+            extra={"batch_id": record.id, "remote_batch_id": record.remote_batch_id},
+        )
+        for suffix in ("input", "output", "error"):
+            ctx.spool_path(record.id, suffix).unlink(missing_ok=True)
+        ctx.batches_applied += 1
+        await ctx.done_with(record.id)
+
+    async def _apply_file(
+        self,
+        record: BatchRecord,
+        file_id: str,
+        kind: str,
+        tokens: dict[str, tuple[str, str]],
+        seen: set[str],
+        tally: _Tally,
+    ) -> None:
+        """Download one result file and apply it chunk by chunk."""
+        ctx = self._ctx
+        path = ctx.spool_path(record.id, kind)
+        await ctx.api.download_file(file_id, path)
+        crash_point("after_download")
+        parse = ctx.parser.parse_output_line if kind == "output" else ctx.parser.parse_error_line
+        lines = _iter_lines(path)
+        while True:
+            chunk = await asyncio.to_thread(_take, lines, READ_CHUNK_LINES)
+            if not chunk:
+                break
+            successes: list[ApplyRow] = []
+            failures: list[tuple[Failure, str, str]] = []
+            for line in chunk:
+                try:
+                    outcome = parse(line)
+                except ResultError as exc:
+                    tally.skipped_lines += 1
+                    log.warning("batch %s: unusable %s line skipped: %s", record.id, kind, exc)
+                    continue
+                owner = tokens.get(outcome.custom_id)
+                if owner is None or outcome.custom_id in seen:
+                    tally.skipped_lines += 1
+                    continue
+                seen.add(outcome.custom_id)
+                tally.usage = tally.usage + outcome.usage
+                key, token = owner
+                if isinstance(outcome, Success):
+                    successes.append(ApplyRow(key, token, outcome.values))
+                else:
+                    failures.append((outcome, key, token))
+            await self._flush(successes, failures, tally)
+
+    async def _flush(
+        self,
+        successes: list[ApplyRow],
+        failures: list[tuple[Failure, str, str]],
+        tally: _Tally,
+    ) -> None:
+        """Apply successes and requeue or dead-letter failures, each in fenced chunks."""
+        ctx = self._ctx
+        step = ctx.settings.apply_chunk_rows
+        for start in range(0, len(successes), step):
+            outcome = await ctx.store.apply_results(ctx.job, successes[start : start + step])
+            crash_point("mid_apply")
+            tally.applied += outcome.applied
+            tally.stale += len(outcome.stale)
+            ctx.count("rows_applied", outcome.applied)
+            if outcome.applied:
+                ctx.emit(EngineEvent(kind="rows_applied", job=ctx.job.name, rows=outcome.applied))
+        dead = [
+            RequeueRow(key, token, f.reason) for f, key, token in failures
+            if f.disposition == "dead"
+        ]
+        retry = [
+            RequeueRow(key, token, f.reason, burn_attempt=f.disposition == "retry")
+            for f, key, token in failures
+            if f.disposition != "dead"
+        ]
+        await self._resolve(retry, dead, tally)
+
+    async def _resolve(
+        self, retry: list[RequeueRow], dead: list[RequeueRow], tally: _Tally
+    ) -> None:
+        """Requeue and dead-letter rows, counting and announcing the outcome."""
+        ctx = self._ctx
+        if retry:
+            outcome = await ctx.store.requeue(ctx.job, retry, ctx.settings.max_attempts)
+            tally.requeued += outcome.requeued
+            tally.dead += outcome.dead
+            tally.stale += len(outcome.stale)
+            ctx.count("rows_requeued", outcome.requeued)
+            ctx.count("rows_dead", outcome.dead)
+            if outcome.requeued:
+                ctx.emit(EngineEvent(kind="rows_requeued", job=ctx.job.name,
+                                     rows=outcome.requeued, message=retry[0].reason))
+            if outcome.dead:
+                ctx.emit(EngineEvent(kind="rows_dead", job=ctx.job.name, rows=outcome.dead,
+                                     message=retry[0].reason))
+        if dead:
+            outcome = await ctx.store.dead_letter(ctx.job, dead)
+            tally.dead += outcome.dead
+            tally.stale += len(outcome.stale)
+            ctx.count("rows_dead", outcome.dead)
+            if outcome.dead:
+                ctx.emit(EngineEvent(kind="rows_dead", job=ctx.job.name, rows=outcome.dead,
+                                     message=dead[0].reason))
+
+    async def _requeue_leftover(
+        self,
+        record: BatchRecord,
+        status: str,
+        leftover: list[str],
+        tokens: dict[str, tuple[str, str]],
+        tally: _Tally,
+    ) -> None:
+        """Resolve rows that have no line in either file (a failed batch, or a short file)."""
+        line_errors = await asyncio.to_thread(self._line_errors, record)
+        reason = f"batch {status} without a result for this row"
+        if record.error:
+            reason = f"batch {status}: {_first_error(record.error)}"
+        retry: list[RequeueRow] = []
+        for custom_id in leftover:
+            key, token = tokens[custom_id]
+            own = line_errors.get(custom_id)
+            if own is not None:
+                retry.append(RequeueRow(key, token, own))
+            else:
+                # A batch-level failure is not this row's fault when another line caused it.
+                retry.append(RequeueRow(key, token, reason, burn_attempt=not line_errors))
+        step = self._ctx.settings.apply_chunk_rows
+        for start in range(0, len(retry), step):
+            await self._resolve(retry[start : start + step], [], tally)
+
+    def _line_errors(self, record: BatchRecord) -> dict[str, str]:
+        """Map custom_id -> reason for validation errors that name a line of the input file."""
+        if not record.error:
+            return {}
+        try:
+            errors = orjson.loads(record.error)
+        except orjson.JSONDecodeError:
+            return {}
+        by_line = {
+            int(e["line"]): f"{e.get('code')}: {e.get('message')}"
+            for e in errors
+            if isinstance(e, dict) and isinstance(e.get("line"), int)
+        }
+        if not by_line:
+            return {}
+        path = self._ctx.spool_path(record.id)
+        if not path.exists():
+            return {}
+        found: dict[str, str] = {}
+        with path.open("rb") as spool:
+            for number, line in enumerate(spool, start=1):
+                if number in by_line:
+                    try:
+                        found[orjson.loads(line)["custom_id"]] = by_line[number]
+                    except (orjson.JSONDecodeError, KeyError, TypeError):
+                        continue
+        return found
+
+
+def _first_error(error: str) -> str:
+    """Return a short reason from the stored batch errors (JSON list) or plain text."""
+    try:
+        errors = orjson.loads(error)
+    except orjson.JSONDecodeError:
+        return error[:300]
+    if isinstance(errors, list) and errors and isinstance(errors[0], dict):
+        first = errors[0]
+        return f"{first.get('code')}: {first.get('message')}"[:300]
+    return error[:300]
+
+
+def _iter_lines(path: Path) -> Iterator[bytes]:
+    """Yield the non-blank lines of a JSONL file, reading it in buffered chunks."""
+    with path.open("rb") as source:
+        for line in source:
+            if line.strip():
+                yield line
+
+
+def _take(lines: Iterator[bytes], count: int) -> list[bytes]:
+    """Next ``count`` lines from an iterator (run in a thread: it reads the disk)."""
+    chunk: list[bytes] = []
+    for line in lines:
+        chunk.append(line)
+        if len(chunk) >= count:
+            break
+    return chunk
