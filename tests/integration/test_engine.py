@@ -98,22 +98,16 @@ async def test_many_batches_live_at_once(sqlite_db: DbTarget, tmp_path: Path) ->
     config = EmulatorConfig(seed=1, latency_s=0.3)
     async with Emulator(config) as emu:
         job, store_settings = await prepared(sqlite_db, [f"text {i}" for i in range(40)])
-        live: list[int] = []
-        peak = 0
-
-        def on_event(event: EngineEvent) -> None:
-            nonlocal peak
-            if event.kind == "batch_state" and event.state and event.state.startswith("submitted"):
-                live.append(1)
-            peak = max(peak, len(live))
-
         settings = fast_settings(tmp_path, batch_size=10, max_in_flight=4)
+        events: list[EngineEvent] = []
         async with Engine(job, store=store_settings, api=api_for(emu), settings=settings,
-                          on_event=on_event) as engine:
+                          on_event=events.append) as engine:
             summary = await engine.run(until_idle=True)
         assert summary.counts["done"] == 40
         assert emu.record.max_concurrent_live() >= 3
         assert emu.record.duplicate_live_custom_ids() == set()
+        applied = [e for e in events if e.kind == "batch_state" and e.state == "applied/completed"]
+        assert len(applied) == 4  # the embedding callback saw every batch end
 
 
 async def test_bad_input_is_dead_with_reason_and_never_sent(
@@ -259,3 +253,47 @@ async def test_submit_one_then_check_applies(
         counts = await eng.store.counts(job.name)
     assert counts["done"] == 5
     assert counts["pending"] == 2
+
+
+async def test_thousand_rows_with_batches_overlapping_in_time(
+    db: DbTarget, tmp_path: Path
+) -> None:
+    async with Emulator(EmulatorConfig(seed=8, latency_s=0.2)) as emu:
+        job, store_settings = await prepared(db, [f"person {i} likes tea" for i in range(1000)])
+        try:
+            settings = fast_settings(tmp_path, batch_size=100, max_in_flight=4)
+            async with Engine(job, store=store_settings, api=api_for(emu),
+                              settings=settings) as eng:
+                summary = await eng.run(until_idle=True)
+            assert summary.counts["done"] == 1000
+            assert summary.batches_applied == 10
+            assert emu.record.max_concurrent_live() >= 3  # the emulator's own timestamps
+            assert emu.record.duplicate_live_custom_ids() == set()
+        finally:
+            cleanup(db)
+
+
+async def test_cancelled_batch_applies_partial_results_and_retries_the_rest_free(
+    sqlite_db: DbTarget, tmp_path: Path
+) -> None:
+    async with Emulator(EmulatorConfig(seed=9, rate_rps=40)) as emu:
+        job, store_settings = await prepared(sqlite_db, [f"text {i}" for i in range(40)])
+        settings = fast_settings(tmp_path, batch_size=40, max_attempts=1)
+        async with Engine(job, store=store_settings, api=api_for(emu), settings=settings) as eng:
+            record = await eng.submit_one()
+            assert record is not None
+            assert record.remote_batch_id is not None
+            await asyncio.sleep(0.3)  # let the emulator finish part of the batch
+            await eng.cancel_batch(record.remote_batch_id)
+            for _ in range(200):
+                checked = await eng.check_batch(record.id)
+                if checked.state == "applied":
+                    break
+                await asyncio.sleep(0.02)
+            assert checked.remote_status == "cancelled"
+            counts = await eng.store.counts(job.name)
+            assert 0 < counts["done"] < 40
+            assert counts["done"] + counts["pending"] == 40  # max_attempts=1, none dead
+            emu.faults = FaultConfig()
+            final = await eng.run(until_idle=True)
+    assert final.counts["done"] == 40
