@@ -54,6 +54,26 @@ class _WaitRetryAfter:
         return float(self._fallback(state))
 
 
+async def _retrying(
+    call: Callable[[], Awaitable[T]],
+    *,
+    retry_on: type[BaseException],
+    attempts: int,
+    wait: Callable[[RetryCallState], float],
+) -> T:
+    """Run ``call`` until it succeeds, raises something else, or attempts run out."""
+    async for attempt in AsyncRetrying(
+        retry=retry_if_exception_type(retry_on),
+        stop=stop_after_attempt(attempts),
+        wait=wait,
+        before_sleep=_log_retry,
+        reraise=True,
+    ):
+        with attempt:
+            return await call()
+    raise AssertionError("unreachable: tenacity reraises")  # pragma: no cover
+
+
 async def retry_store(
     call: Callable[[], Awaitable[T]],
     *,
@@ -62,16 +82,8 @@ async def retry_store(
     max_s: float = 2.0,
 ) -> T:
     """Run one whole transaction, again on deadlock, lock timeout or lost connection."""
-    async for attempt in AsyncRetrying(
-        retry=retry_if_exception_type(TransientStoreError),
-        stop=stop_after_attempt(attempts),
-        wait=wait_exponential_jitter(multiplier=initial_s, max=max_s, jitter=initial_s),
-        before_sleep=_log_retry,
-        reraise=True,
-    ):
-        with attempt:
-            return await call()
-    raise AssertionError("unreachable: tenacity reraises")  # pragma: no cover
+    wait = wait_exponential_jitter(multiplier=initial_s, max=max_s, jitter=initial_s)
+    return await _retrying(call, retry_on=TransientStoreError, attempts=attempts, wait=wait)
 
 
 async def retry_api(
@@ -82,13 +94,5 @@ async def retry_api(
     max_s: float = 60.0,
 ) -> T:
     """Run one Batch API call, again on 429/5xx/timeouts, honouring Retry-After."""
-    async for attempt in AsyncRetrying(
-        retry=retry_if_exception_type(TransientApiError),
-        stop=stop_after_attempt(attempts),
-        wait=_WaitRetryAfter(initial_s, max_s),
-        before_sleep=_log_retry,
-        reraise=True,
-    ):
-        with attempt:
-            return await call()
-    raise AssertionError("unreachable: tenacity reraises")  # pragma: no cover
+    wait = _WaitRetryAfter(initial_s, max_s)
+    return await _retrying(call, retry_on=TransientApiError, attempts=attempts, wait=wait)
