@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from pathlib import Path
 
@@ -24,6 +25,11 @@ log = logging.getLogger("engine.producer")
 # Claims are kept short: one transaction per chunk, so a 50,000-row batch never holds locks
 # for long and other workers interleave.
 CLAIM_CHUNK = 2000
+# While other batches are in flight, a discovery that found nothing is not repeated for this
+# long: each one scans every unprocessed source row, and with short check intervals the idle
+# producer would otherwise run it back to back, holding SQLite's write lock against the writer.
+# With nothing in flight (the moment run(until_idle=True) decides) it always runs.
+QUIET_DISCOVER_S = 2.0
 
 
 class Producer:
@@ -43,6 +49,7 @@ class Producer:
         self._num_batches = num_batches
         self.produced = 0
         self.idle = False
+        self._quiet_since: float | None = None  # monotonic time of the last empty discovery
 
     async def run(self) -> None:
         """Produce drafts until stopping, idle (with until_idle) or num_batches reached."""
@@ -94,6 +101,10 @@ class Producer:
         timeout = max(ctx.settings.min_check_interval_s, 0.0)
         if not self._until_idle:
             timeout = max(ctx.settings.check_interval_s, timeout)
+        elif ctx.slots.count > 0:
+            # Our batches in flight set work_changed when they finish, and new source rows
+            # are only discovered every QUIET_DISCOVER_S: polling faster only spins claims.
+            timeout = max(timeout, QUIET_DISCOVER_S)
         waits = {
             asyncio.ensure_future(ctx.work_changed.wait()),
             asyncio.ensure_future(ctx.stopping.wait()),
@@ -125,10 +136,11 @@ class Producer:
                     want = min(CLAIM_CHUNK, settings.batch_size - len(bound))
                     claimed = await ctx.store.claim(ctx.job, ctx.worker_id, want, settings.lease_s)
                     if not claimed:
-                        if discovered:
+                        if discovered or self._recently_quiet():
                             break
                         found = await ctx.store.discover(ctx.job)
                         discovered = True
+                        self._quiet_since = None if found else time.monotonic()
                         if found:
                             log.info("discovered %d pending rows of %s", found, ctx.job.name)
                         continue
@@ -150,7 +162,11 @@ class Producer:
                         size_bytes += len(line)
                         tokens += estimate
                     await asyncio.to_thread(spool.writelines, lines)
-                    if len(claimed) < want and discovered:
+                    # Drop this chunk's text before claiming the next: peak memory is one chunk.
+                    lines.clear()
+                    got = len(claimed)
+                    del claimed
+                    if got < want and discovered:
                         break
             except SimulatedCrash:
                 raise
@@ -176,6 +192,16 @@ class Producer:
             path.unlink(missing_ok=True)
             return None
         return await self._bind(batch_id, path, bound, tokens)
+
+    def _recently_quiet(self) -> bool:
+        """Whether to skip discovery: it just found nothing and other batches are in flight."""
+        others_in_flight = self._ctx.slots.count > 1
+        quiet = self._quiet_since
+        return (
+            others_in_flight
+            and quiet is not None
+            and time.monotonic() - quiet < QUIET_DISCOVER_S
+        )
 
     def _render(self, item: ClaimedItem) -> tuple[str, bytes, int] | RequeueRow:
         """Render one row, or the dead-letter reason for input that can never succeed."""

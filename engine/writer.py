@@ -15,7 +15,7 @@ from pathlib import Path
 
 import orjson
 
-from engine.errors import AuthenticationError, BatchApiError, ResultError
+from engine.errors import AuthenticationError, BatchApiError, ResultError, TransientApiError
 from engine.faults import crash_point
 from engine.pipeline import EngineEvent, PipelineContext, get_or_stop
 from engine.pricing import cost_usd
@@ -28,6 +28,9 @@ log = logging.getLogger("engine.writer")
 
 # Lines read per step; between steps the event loop runs other stages.
 READ_CHUNK_LINES = 2000
+# Transient download failures (after the API wrapper's own retries) before a batch is left
+# finished for a later run or adoption.
+DOWNLOAD_TRIES = 5
 
 
 @dataclass
@@ -49,6 +52,8 @@ class Writer:
         self._ctx = ctx
         self._inbox: asyncio.Queue[BatchRecord] = asyncio.Queue()
         self.busy = False
+        self._download_tries: dict[str, int] = {}  # batch id -> transient download failures
+        self._running = False  # run() consumes the inbox (single steps apply directly)
 
     @property
     def pending(self) -> int:
@@ -62,6 +67,7 @@ class Writer:
     async def run(self) -> None:
         """Apply batches until the engine stops."""
         ctx = self._ctx
+        self._running = True
         while not ctx.stopping.is_set():
             record = await get_or_stop(self._inbox, ctx.stopping)
             if record is None:
@@ -77,6 +83,7 @@ class Writer:
         ctx = self._ctx
         items = await ctx.store.batch_items(record.id)
         tokens = {custom_id: (key, token) for key, token, custom_id, _ in items}
+        del items  # 50,000 rows of ids: keep only the map while the batch is applied
         seen: set[str] = set()
         tally = _Tally()
         status = record.remote_status or "unknown"
@@ -87,16 +94,15 @@ class Writer:
                     await self._apply_file(record, file_id, kind, tokens, seen, tally)
         except AuthenticationError:
             raise
-        except BatchApiError as exc:
-            # Leave the batch finished: the next run (or the next adoption) downloads again.
-            log.error(
-                "batch %s: download failed: %s", record.id, exc, extra={"batch_id": record.id}
-            )
-            ctx.emit(EngineEvent(kind="error", job=ctx.job.name, batch_id=record.id,
-                                 message=f"download failed: {exc}"))
-            await ctx.record_batch(record, error=f"download failed: {exc}"[:2000])
-            await ctx.done_with(record.id, expire_lease=True)
+        except TransientApiError as exc:
+            if self._retry_later(record, exc):
+                return
+            await self._give_up_download(record, exc)
             return
+        except BatchApiError as exc:
+            await self._give_up_download(record, exc)
+            return
+        self._download_tries.pop(record.id, None)
         leftover = [cid for cid in tokens if cid not in seen]
         if leftover:
             await self._requeue_leftover(record, status, leftover, tokens, tally)
@@ -125,6 +131,40 @@ class Writer:
             ctx.spool_path(record.id, suffix).unlink(missing_ok=True)
         ctx.batches_applied += 1
         await ctx.done_with(record.id)
+
+    def _retry_later(self, record: BatchRecord, exc: Exception) -> bool:
+        """Queue the batch again after a backoff when a download failed transiently.
+
+        The batch keeps its slot meanwhile, so run(until_idle=True) does not return with it
+        unapplied. False once DOWNLOAD_TRIES are spent or the engine is stopping.
+        """
+        ctx = self._ctx
+        tries = self._download_tries.get(record.id, 0) + 1
+        if tries >= DOWNLOAD_TRIES or ctx.stopping.is_set() or not self._running:
+            self._download_tries.pop(record.id, None)
+            return False
+        self._download_tries[record.id] = tries
+        delay = min(
+            max(ctx.settings.min_check_interval_s, 0.05) * 2**tries,
+            max(ctx.settings.check_interval_s, 0.05),
+        )
+        log.warning(
+            "batch %s: download failed (%s); trying again in %.2fs", record.id, exc, delay,
+            extra={"batch_id": record.id},
+        )
+        asyncio.get_running_loop().call_later(delay, self._inbox.put_nowait, record)
+        return True
+
+    async def _give_up_download(self, record: BatchRecord, exc: Exception) -> None:
+        """Leave the batch finished: the next run (or the next adoption) downloads again."""
+        ctx = self._ctx
+        log.error(
+            "batch %s: download failed: %s", record.id, exc, extra={"batch_id": record.id}
+        )
+        ctx.emit(EngineEvent(kind="error", job=ctx.job.name, batch_id=record.id,
+                             message=f"download failed: {exc}"))
+        await ctx.record_batch(record, error=f"download failed: {exc}"[:2000])
+        await ctx.done_with(record.id, expire_lease=True)
 
     async def _apply_file(
         self,

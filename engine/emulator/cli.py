@@ -39,6 +39,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the only bearer key accepted (default: any key)")
     parser.add_argument("--storage-dir", default=None,
                         help="keep files here (default: a temporary dir, removed on exit)")
+    parser.add_argument("--template-answers", action="store_true",
+                        help="reuse each batch's first answer for every line (benchmarks)")
     faults = parser.add_argument_group("faults (all off by default)")
     for name, text in _RATE_FLAGS:
         faults.add_argument(f"--{name.replace('_', '-')}", type=float, default=0.0, help=text)
@@ -71,6 +73,7 @@ def config_from_args(args: argparse.Namespace) -> EmulatorConfig:
         seed=args.seed,
         storage_dir=args.storage_dir,
         faults=faults,
+        template_answers=args.template_answers,
     )
 
 

@@ -87,6 +87,10 @@ class EmulatorConfig:
     seed: int = 0
     storage_dir: str | None = None  # files live on disk here (a removed temp dir when None)
     faults: FaultConfig = field(default_factory=FaultConfig)
+    # Answer a batch's first line, then reuse that answer (and its usage) for every other line
+    # with only the ids changed: the emulator's own CPU stays out of benchmark figures. Lines
+    # are drawn one by one as usual whenever a fault is configured.
+    template_answers: bool = False
 
     def __post_init__(self) -> None:
         """Reject negative times and rates, naming the setting."""

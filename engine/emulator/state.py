@@ -383,6 +383,8 @@ class EmulatorState:
         self.counters: Counter[str] = Counter()
         self._tasks: set[asyncio.Task[None]] = set()
         self._seen: Counter[str] = Counter()
+        # template_answers: batch id -> (response JSON, input tokens, output tokens, succeeded)
+        self._templates: dict[str, tuple[bytes, int, int, bool]] = {}
         self._seq = 0
         self._closed = False
 
@@ -613,6 +615,7 @@ class EmulatorState:
             final = {"completed": "completed", "cancel": "cancelled", "expire": "expired"}[ending]
             self._set_status(batch, final)
         finally:
+            self._templates.pop(batch.id, None)
             out.discard()
             err.discard()
 
@@ -620,6 +623,9 @@ class EmulatorState:
         self, batch: Batch, custom_id: str, body: dict[str, Any], out: _LineSpool, err: _LineSpool
     ) -> None:
         """Answer one line and append it to the output or error spool."""
+        if self.config.template_answers and not self.faults.active():
+            self._answer_from_template(batch, custom_id, body, out, err)
+            return
         fault, rng = self._fault_for(custom_id)
         outcome: LineOutcome = respond(
             batch.endpoint, body, rng=rng, fault=fault, created=int(time.time())
@@ -641,6 +647,43 @@ class EmulatorState:
             batch.output_tokens += outcome.output_tokens
         else:
             err.append(_line_json(custom_id, response, None))
+            batch.failed += 1
+
+    def _answer_from_template(
+        self, batch: Batch, custom_id: str, body: dict[str, Any], out: _LineSpool,
+        err: _LineSpool,
+    ) -> None:
+        """Answer like the batch's first line did, changing only the ids (template_answers)."""
+        template = self._templates.get(batch.id)
+        if template is None:
+            rng = random.Random(f"{self.config.seed}:template:{batch.id}")
+            outcome = respond(batch.endpoint, body, rng=rng, fault=None, created=int(time.time()))
+            response = {
+                "status_code": outcome.status_code,
+                "request_id": f"req_{uuid.uuid4().hex}",
+                "body": outcome.body,
+            }
+            template = (
+                orjson.dumps(response),
+                outcome.input_tokens,
+                outcome.output_tokens,
+                outcome.succeeded,
+            )
+            self._templates[batch.id] = template
+        response_json, input_tokens_, output_tokens, succeeded = template
+        self.counters["lines_processed"] += 1
+        line = b"".join((
+            b'{"id":"batch_req_', batch.id.encode(), b"_",
+            str(batch.completed + batch.failed).encode(),
+            b'","custom_id":', orjson.dumps(custom_id), b',"response":', response_json,
+            b',"error":null}',
+        ))
+        (out if succeeded else err).append(line)
+        if succeeded:
+            batch.completed += 1
+            batch.input_tokens += input_tokens_
+            batch.output_tokens += output_tokens
+        else:
             batch.failed += 1
 
     async def _write_files(self, batch: Batch, out: _LineSpool, err: _LineSpool) -> None:

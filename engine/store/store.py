@@ -12,13 +12,15 @@ counts *changed* rows unless FOUND_ROWS is set). Each whole transaction is retri
 
 from __future__ import annotations
 
-import json
+import asyncio
 import logging
 import uuid
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import fields as dc_fields
 from datetime import datetime
 from typing import Any, TypeVar
+
+import orjson
 
 from engine.errors import ConfigError, StoreError
 from engine.job import JobSpec
@@ -48,8 +50,18 @@ log = logging.getLogger("engine.store")
 T = TypeVar("T")
 ITEM_STATES = ("pending", "claimed", "submitted", "done", "dead")
 _CHUNK = 500  # rows per transaction / keys per IN list
+# Rows per apply transaction where the rows travel as one JSON parameter (SQLite, PostgreSQL):
+# the statement count per chunk is fixed, so bigger chunks mean fewer round trips.
+_JSON_CHUNK = 2000
 _CHUNK_BYTES = 8 * 1024 * 1024  # text per apply transaction, under every packet limit
 _MAX_ERROR_CHARS = 4000
+# PostgreSQL fenced joins compare the state through an expression no index serves, so the
+# planner looks each row up by primary key instead of hashing every claimed or submitted item
+# of the job (what a state index with a constant invites, worst on a table without stats).
+_PG_UNINDEXED = "(i.{} || '')"
+# After a discovery that inserted this many items, PostgreSQL gets fresh statistics at once
+# (autovacuum comes later): without them the planner guesses a job holds a handful of items.
+_ANALYZE_AFTER_ROWS = 1000
 _UPDATABLE = frozenset(BATCH_COLUMNS) - {"id", "job", "created_at", "updated_at"}
 
 
@@ -59,15 +71,28 @@ def _chunks(seq: Sequence[T], size: int) -> Iterator[Sequence[T]]:
         yield seq[start : start + size]
 
 
-def _key_list(dialect: Dialect, keys: Sequence[str]) -> tuple[str, list[Any]]:
+def _key_list(dialect: Dialect, keys: Sequence[Any]) -> tuple[str, list[Any]]:
     """Return an IN list of item keys and its parameters.
 
     SQLite's ODBC driver binds each parameter slowly, so there the keys travel as one JSON
     array parameter read back with json_each (SQLite >= 3.38 has JSON built in).
     """
     if dialect.name == "sqlite":
-        return "(SELECT value FROM json_each(?))", [json.dumps(list(keys))]
+        return "(SELECT value FROM json_each(?))", [orjson.dumps(list(keys)).decode()]
     return f"({_marks(len(keys))})", list(keys)
+
+
+def _json_rows(rows: Iterable[Sequence[Any]]) -> str | None:
+    """Encode rows as one JSON array of arrays; None when a value has no JSON form.
+
+    One parameter instead of one per value: SQLite's ODBC driver binds each parameter slowly
+    and psqlODBC expands every marker into the statement text, so thousands of markers cost
+    more than the statement itself. The caller falls back to per-row statements on None.
+    """
+    try:
+        return orjson.dumps(list(rows)).decode()
+    except TypeError:  # lone surrogates, or a type orjson cannot encode
+        return None
 
 
 def _apply_chunks(rows: Sequence[ApplyRow], max_rows: int) -> Iterator[list[ApplyRow]]:
@@ -131,6 +156,9 @@ class Store:
         self.tables = Tables.from_settings(self.dialect, settings)
         self._pool: Pool | None = None
         self._pg_types: dict[str, dict[str, str]] = {}
+        # SQLite has one writer per file: this process's transactions queue here instead of
+        # spinning in the driver's busy handler (which sleeps) against each other.
+        self._sqlite_writer = asyncio.Lock() if self.dialect.name == "sqlite" else None
 
     @classmethod
     async def open(cls, settings: StoreSettings) -> Store:
@@ -181,7 +209,10 @@ class Store:
         """Run work inside one transaction, the whole of it retried on transient errors."""
 
         async def attempt() -> T:
-            async with self.pool.transaction() as conn:
+            if self._sqlite_writer is None:
+                async with self.pool.transaction() as conn:
+                    return await work(conn)
+            async with self._sqlite_writer, self.pool.transaction() as conn:
                 return await work(conn)
 
         return await retry_store(attempt)
@@ -252,12 +283,15 @@ class Store:
         """One-statement claim (PostgreSQL, SQL Server); params: job, token, worker, lease."""
         c, d, items = self._c, self.dialect, self.tables.items
         if d.name == "postgresql":
+            # Joined back by ctid (a TID scan; the rows are locked, so it cannot move): a join
+            # on (job, source_key) made the planner walk the job's (job, state) index once per
+            # claimed row. "state IN" lets the pick skip the job's done and dead items.
             return (
-                f"WITH cte AS (SELECT {c('job')}, {c('source_key')} FROM {items} "
-                f"WHERE {self._claimable()} LIMIT {int(limit)} FOR UPDATE SKIP LOCKED) "
+                f"WITH cte AS (SELECT ctid FROM {items} WHERE {self._claimable()} "
+                f"AND {c('state')} IN ('pending', 'claimed') "
+                f"LIMIT {int(limit)} FOR UPDATE SKIP LOCKED) "
                 f"UPDATE {items} AS i SET {self._claim_set()} FROM cte "
-                f"WHERE i.{c('job')} = cte.{c('job')} "
-                f"AND i.{c('source_key')} = cte.{c('source_key')} "
+                f"WHERE i.ctid = cte.ctid "
                 f"RETURNING i.{c('source_key')}, i.{c('attempts')}"
             )
         if d.name == "mssql":
@@ -312,6 +346,23 @@ class Store:
             f"UNION ALL SELECT {c('source_key')} FROM ({expired}) LIMIT {n})"
         )
 
+    def sql_claim_pick_sqlite(self, limit: int) -> str:
+        """SQLite claim, step 1 inside BEGIN IMMEDIATE: claimable keys (params: job, job).
+
+        Like sql_claim_sqlite's subquery: two index range scans joined with UNION ALL.
+        """
+        c, d, items, n = self._c, self.dialect, self.tables.items, int(limit)
+        cols = f"{c('source_key')}, {c('attempts')}"
+        pending = (
+            f"SELECT {cols} FROM {items} WHERE {c('job')} = ? "
+            f"AND {c('state')} = 'pending' LIMIT {n}"
+        )
+        expired = (
+            f"SELECT {cols} FROM {items} WHERE {c('job')} = ? "
+            f"AND {c('state')} = 'claimed' AND {c('lease_expires_at')} <= {d.now} LIMIT {n}"
+        )
+        return f"SELECT {cols} FROM ({pending}) UNION ALL SELECT {cols} FROM ({expired}) LIMIT {n}"
+
     def sql_lock_items(self, n_keys: int) -> str:
         """Read items by primary key under a row lock (params: job, *keys).
 
@@ -333,6 +384,20 @@ class Store:
         ]
         sets.append(f"{src.processed} = CURRENT_TIMESTAMP")
         return f"UPDATE {src.table} SET {', '.join(sets)} WHERE {src.key} = ?"
+
+    def sql_apply_source_json(self, job: JobSpec, columns: Sequence[str]) -> str:
+        """SQLite: UPDATE the source from one JSON parameter of [key, *values] arrays."""
+        src = _Source(self.dialect, job)
+        sets = [
+            f"{src.outputs.get(col) or self.dialect.quote(col, 'columns')} = v.c{i}"
+            for i, col in enumerate(columns)
+        ]
+        sets.append(f"{src.processed} = CURRENT_TIMESTAMP")
+        names = ["k", *(f"c{i}" for i in range(len(columns)))]
+        return (
+            f"UPDATE {src.table} AS s SET {', '.join(sets)} "
+            f"FROM {self._json_table(names)} AS v WHERE s.{src.key} = v.k"
+        )
 
     def sql_items_done(self, n_keys: int) -> str:
         """Mark items done (params: job, *keys); the caller fenced and locked them."""
@@ -427,6 +492,15 @@ class Store:
 
         inserted = await self._tx(work)
         log.debug("discovered %d items for job %s", inserted, job.name)
+        if inserted >= _ANALYZE_AFTER_ROWS and self.dialect.name == "postgresql":
+
+            async def analyze(conn: Connection) -> None:
+                await conn.execute(f"ANALYZE {self.tables.items}")
+
+            try:
+                await self._tx(analyze)
+            except StoreError as exc:  # not the owner, say: only a planner hint is lost
+                log.debug("ANALYZE of the items table skipped: %s", exc)
         return inserted
 
     async def claim(
@@ -450,15 +524,17 @@ class Store:
                     self.sql_claim(limit), [job.name, token, worker_id, lease]
                 )
             if d.name == "sqlite":
-                await conn.execute(
-                    self.sql_claim_sqlite(limit),
-                    [token, worker_id, lease, job.name, job.name, job.name],
-                )
-                return await conn.fetchall(
-                    f"SELECT {c('source_key')}, {c('attempts')} FROM {self.tables.items} "
-                    f"WHERE {c('job')} = ? AND {c('claim_token')} = ?",
-                    [job.name, token],
-                )
+                # BEGIN IMMEDIATE holds the write lock: pick, then update exactly those keys
+                # (reading them back by token would scan every claimed item of the job).
+                picked = await conn.fetchall(self.sql_claim_pick_sqlite(limit), [job.name] * 2)
+                if picked:
+                    in_sql, in_params = _key_list(d, [str(r[0]) for r in picked])
+                    await conn.execute(
+                        f"UPDATE {self.tables.items} SET {self._claim_set()} "
+                        f"WHERE {c('job')} = ? AND {c('source_key')} IN {in_sql}",
+                        [token, worker_id, lease, job.name, *in_params],
+                    )
+                return picked
             picked = await conn.fetchall(self.sql_claim_select(limit), [job.name])
             for keys in _chunks([str(r[0]) for r in picked], _CHUNK):
                 await conn.execute(
@@ -621,30 +697,86 @@ class Store:
             await conn.execute(insert, [*values, d.lease_param(lease_s)])
             if d.name == "postgresql":
                 return await self._bind_pg(conn, record, items)
-            held = await self._fenced(conn, job_name, [(k, t) for k, t, _ in items], ["claimed"])
+            if d.name != "sqlite":
+                return await bind_rows(conn, items)
+            bound = 0
+            for chunk in _chunks(list(items), _JSON_CHUNK):  # bounded statement size
+                count = await self._bind_sqlite(conn, record, chunk)
+                bound += await bind_rows(conn, chunk) if count is None else count
+            return bound
+
+        async def bind_rows(conn: Connection, rows: Sequence[tuple[str, str, str]]) -> int:
+            held = await self._fenced(conn, job_name, [(k, t) for k, t, _ in rows], ["claimed"])
             await conn.executemany(
-                bind, [(record.id, cid, job_name, k) for k, _t, cid in items if k in held]
+                bind, [(record.id, cid, job_name, k) for k, _t, cid in rows if k in held]
             )
             return len(held)
 
         return await self._tx(work)
 
+    def _json_table(self, names: Sequence[str], types: Sequence[str] | None = None) -> str:
+        """Return a derived table read from one JSON parameter (an array of arrays).
+
+        Columns are ``names`` in array order; PostgreSQL casts each to its entry in ``types``
+        (text when None). Used as ``... FROM <this> AS v`` in set-based UPDATEs.
+        """
+        if self.dialect.name == "sqlite":
+            picks = ", ".join(
+                f"json_extract(value, '$[{i}]') AS {n}" for i, n in enumerate(names)
+            )
+            return f"(SELECT {picks} FROM json_each(?))"
+        picks = ", ".join(
+            f"CAST(e ->> {i} AS {types[i] if types else 'text'}) AS {n}"
+            for i, n in enumerate(names)
+        )
+        return f"(SELECT {picks} FROM json_array_elements(CAST(? AS json)) AS e)"
+
+    async def _bind_sqlite(
+        self, conn: Connection, record: BatchRecord, items: Sequence[tuple[str, str, str]]
+    ) -> int | None:
+        """SQLite: fence and bind every item in one UPDATE ... FROM json_each; None to fall back.
+
+        BEGIN IMMEDIATE holds the write lock and SQLite's rowcount counts matched rows.
+        """
+        c = self._c
+        payload = _json_rows((record.job, *item) for item in items)
+        if payload is None:
+            return None
+        # The job travels inside each element, not as "i.job = ?": given a constant on i the
+        # planner scans the job's items with json_each in the inner loop; this way it walks
+        # json_each once and looks each item up by primary key.
+        return await conn.execute(
+            f"UPDATE {self.tables.items} AS i SET {c('state')} = 'submitted', "
+            f"{c('batch_id')} = ?, {c('custom_id')} = v.cid, "
+            f"{c('updated_at')} = {self.dialect.now} "
+            f"FROM {self._json_table(['j', 'k', 't', 'cid'])} AS v "
+            f"WHERE i.{c('job')} = v.j AND i.{c('source_key')} = v.k "
+            f"AND i.{c('claim_token')} = v.t AND i.{c('state')} = 'claimed'",
+            [record.id, payload],
+        )
+
     async def _bind_pg(
         self, conn: Connection, record: BatchRecord, items: Sequence[tuple[str, str, str]]
     ) -> int:
-        """PostgreSQL: fence and bind items with one multi-row VALUES join per chunk."""
+        """PostgreSQL: fence and bind items with one JSON-table join per chunk (RETURNING)."""
         c = self._c
         bound = 0
-        for chunk in _chunks(list(items), _CHUNK):
+        for chunk in _chunks(list(items), _JSON_CHUNK):
+            payload = _json_rows(chunk)
+            if payload is None:
+                table = f"(VALUES {', '.join('(?, ?, ?)' for _ in chunk)}) AS v(k, t, cid)"
+                params: list[Any] = [x for item in chunk for x in item]
+            else:
+                table = f"{self._json_table(['k', 't', 'cid'])} AS v"
+                params = [payload]
             rows = await conn.fetchall(
                 f"UPDATE {self.tables.items} AS i SET {c('state')} = 'submitted', "
                 f"{c('batch_id')} = ?, {c('custom_id')} = v.cid, "
-                f"{c('updated_at')} = {self.dialect.now} "
-                f"FROM (VALUES {', '.join('(?, ?, ?)' for _ in chunk)}) AS v(k, t, cid) "
+                f"{c('updated_at')} = {self.dialect.now} FROM {table} "
                 f"WHERE i.{c('job')} = ? AND i.{c('source_key')} = v.k "
-                f"AND i.{c('claim_token')} = v.t AND i.{c('state')} = 'claimed' "
-                f"RETURNING i.{c('source_key')}",
-                [record.id, *(x for item in chunk for x in item), record.job],
+                f"AND i.{c('claim_token')} = v.t AND {_PG_UNINDEXED.format(c('state'))} "
+                f"= 'claimed' RETURNING i.{c('source_key')}",
+                [record.id, *params, record.job],
             )
             bound += len(rows)
         return bound
@@ -827,15 +959,30 @@ class Store:
         """Return the text columns of these source rows, by key (to rebuild a lost spool)."""
         src = _Source(self.dialect, job)
         out: dict[str, dict[str, Any]] = {}
-        for chunk in _chunks(list(keys), _CHUNK):
-            sql = (
-                f"SELECT {src.key}, {', '.join(src.texts)} FROM {src.table} "
-                f"WHERE {src.key} IN ({_marks(len(chunk))})"
-            )
-            params = [src.bind_key(k) for k in chunk]
+        name = self.dialect.name
+        size = _JSON_CHUNK if name in ("sqlite", "postgresql") else _CHUNK
+        for chunk in _chunks(list(keys), size):
+            bound = [src.bind_key(k) for k in chunk]
 
-            async def work(conn: Connection, sql: str = sql, params: list[Any] = params) -> Any:
-                return await conn.fetchall(sql, params)
+            async def work(conn: Connection, bound: list[Any] = bound) -> Any:
+                # SQLite and PostgreSQL take the keys as one JSON parameter (see _json_rows).
+                if name == "sqlite":
+                    in_sql, params = _key_list(self.dialect, bound)
+                elif name == "postgresql":
+                    types = await self._pg_column_types(conn, src)
+                    key_type = types.get(job.source.key_column.lower(), "text")
+                    in_sql = (
+                        f"(SELECT CAST(x AS {key_type}) FROM "
+                        f"json_array_elements_text(CAST(? AS json)) AS t(x))"
+                    )
+                    params = [orjson.dumps(bound).decode()]
+                else:
+                    in_sql, params = f"({_marks(len(bound))})", bound
+                return await conn.fetchall(
+                    f"SELECT {src.key}, {', '.join(src.texts)} FROM {src.table} "
+                    f"WHERE {src.key} IN {in_sql}",
+                    params,
+                )
 
             for row in await self._read(work):
                 out[str(row[0])] = dict(zip(src.text_names, row[1:], strict=True))
@@ -858,18 +1005,28 @@ class Store:
     async def _apply_pg(
         self, conn: Connection, job: JobSpec, src: _Source, rows: Sequence[ApplyRow]
     ) -> set[str]:
-        """PostgreSQL: fence and write with multi-row VALUES joins, two statements a chunk."""
+        """PostgreSQL: fence and write with JSON-table joins, two statements a chunk.
+
+        The rows travel as one JSON parameter (multi-row VALUES when a value has no JSON
+        form): psqlODBC expands every marker into the statement text, so thousands of markers
+        cost more than the update itself.
+        """
         c, d = self._c, self.dialect
         pairs = {r.key: r.claim_token for r in rows}
-        values = ", ".join("(?, ?)" for _ in pairs)
+        payload = _json_rows(pairs.items())
+        if payload is None:
+            table = f"(VALUES {', '.join('(?, ?)' for _ in pairs)}) AS v(k, t)"
+            params: list[Any] = [x for kt in pairs.items() for x in kt]
+        else:
+            table, params = f"{self._json_table(['k', 't'])} AS v", [payload]
         done = await conn.fetchall(
             f"UPDATE {self.tables.items} AS i SET {c('state')} = 'done', "
             f"{c('last_error')} = NULL, {c('lease_expires_at')} = NULL, "
-            f"{c('updated_at')} = {d.now} FROM (VALUES {values}) AS v(k, t) "
+            f"{c('updated_at')} = {d.now} FROM {table} "
             f"WHERE i.{c('job')} = ? AND i.{c('source_key')} = v.k "
-            f"AND i.{c('claim_token')} = v.t AND i.{c('state')} = 'submitted' "
-            f"RETURNING i.{c('source_key')}",
-            [*(x for kt in pairs.items() for x in kt), job.name],
+            f"AND i.{c('claim_token')} = v.t AND {_PG_UNINDEXED.format(c('state'))} "
+            f"= 'submitted' RETURNING i.{c('source_key')}",
+            [*params, job.name],
         )
         matched = {str(r[0]) for r in done}
         if not matched:
@@ -882,20 +1039,38 @@ class Store:
         key_type = types.get(job.source.key_column.lower(), "text")
         for cols, group in groups.items():
             names = ["k", *(f"c{i}" for i in range(len(cols)))]
+            col_types = [types.get(col.lower(), "text") for col in cols]
             sets = [
                 f"{src.outputs.get(col) or d.quote(col, 'columns')} = "
-                f"CAST(v.c{i} AS {types.get(col.lower(), 'text')})"
+                f"CAST(v.c{i} AS {col_types[i]})"
                 for i, col in enumerate(cols)
             ]
             sets.append(f"{src.processed} = CURRENT_TIMESTAMP")
-            row_marks = "(" + _marks(len(names)) + ")"
-            params: list[Any] = []
-            for row in group:
-                params.append(row.key)
-                params.extend(row.values[col] for col in cols)
+            # JSON true casts to boolean only; a bool bound for a numeric column is 0/1.
+            as_int = [t != "boolean" for t in col_types]
+            payload = _json_rows(
+                [
+                    row.key,
+                    *(
+                        int(v) if isinstance(v, bool) and as_int[i] else v
+                        for i, v in enumerate(row.values[col] for col in cols)
+                    ),
+                ]
+                for row in group
+            )
+            if payload is None:
+                row_marks = "(" + _marks(len(names)) + ")"
+                table = (
+                    f"(VALUES {', '.join(row_marks for _ in group)}) AS v({', '.join(names)})"
+                )
+                params = []
+                for row in group:
+                    params.append(row.key)
+                    params.extend(row.values[col] for col in cols)
+            else:
+                table, params = f"{self._json_table(names)} AS v", [payload]
             await conn.execute(
-                f"UPDATE {src.table} AS s SET {', '.join(sets)} FROM (VALUES "
-                f"{', '.join(row_marks for _ in group)}) AS v({', '.join(names)}) "
+                f"UPDATE {src.table} AS s SET {', '.join(sets)} FROM {table} "
                 f"WHERE s.{src.key} = CAST(v.k AS {key_type})",
                 params,
             )
@@ -904,7 +1079,11 @@ class Store:
     async def _apply_generic(
         self, conn: Connection, job: JobSpec, src: _Source, rows: Sequence[ApplyRow]
     ) -> set[str]:
-        """Lock and fence the items, update the source row by row, then mark items done."""
+        """Lock and fence the items, update the source rows, then mark items done.
+
+        SQLite updates each group of rows in one UPDATE ... FROM json_each (per-row
+        statements only for values with no JSON form); the others run executemany.
+        """
         pairs = [(r.key, r.claim_token) for r in rows]
         held = await self._fenced(conn, job.name, pairs, ["submitted"])
         groups: dict[tuple[str, ...], list[ApplyRow]] = {}
@@ -912,14 +1091,19 @@ class Store:
             if row.key in held:
                 groups.setdefault(tuple(sorted(row.values)), []).append(row)
         for cols, group in groups.items():
+            params = [(src.bind_key(r.key), *(r.values[col] for col in cols)) for r in group]
+            payload = _json_rows(params) if self.dialect.name == "sqlite" else None
+            if payload is not None:
+                await conn.execute(self.sql_apply_source_json(job, cols), [payload])
+                continue
             await conn.executemany(
-                self.sql_apply_source(job, cols),
-                [(*(r.values[col] for col in cols), src.bind_key(r.key)) for r in group],
+                self.sql_apply_source(job, cols), [(*p[1:], p[0]) for p in params]
             )
         keys = sorted(held)
         if keys:
-            in_params = _key_list(self.dialect, keys)[1]
-            await conn.execute(self.sql_items_done(len(keys)), [job.name, *in_params])
+            for chunk in _chunks(keys, _JSON_CHUNK if self.dialect.name == "sqlite" else _CHUNK):
+                in_params = _key_list(self.dialect, chunk)[1]
+                await conn.execute(self.sql_items_done(len(chunk)), [job.name, *in_params])
         return set(held)
 
     async def apply_results(self, job: JobSpec, rows: Sequence[ApplyRow]) -> ApplyOutcome:
@@ -931,7 +1115,10 @@ class Store:
         """
         src = _Source(self.dialect, job)
         width = 2 + max((len(r.values) for r in rows), default=0)
-        size = max(1, min(_CHUNK, self.dialect.max_params // width))
+        if self.dialect.name in ("sqlite", "postgresql"):
+            size = _JSON_CHUNK  # one JSON parameter per statement (see _json_rows)
+        else:
+            size = max(1, min(_CHUNK, self.dialect.max_params // width))
         applied, stale = 0, list[str]()
         for chunk in _apply_chunks(rows, size):
 
