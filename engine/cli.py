@@ -18,6 +18,7 @@ from typing import Any
 import orjson
 
 from engine.errors import AuthenticationError, BatchApiError, ConfigError, EngineError, StoreError
+from engine.logs import RedactingFilter, secrets_of_dsn, setup_logging
 from engine.settings import ApiSettings, StoreSettings, redact_dsn
 
 __all__ = ["EXIT_CODES", "main"]
@@ -39,6 +40,9 @@ EXIT_CODES = {
     EXIT_INTERRUPTED: "interrupted before a safe point",
 }
 DEFAULT_SQLITE = "batch-engine.db"
+# The API key of a dry run that has none: the client is built but never called.
+DRY_RUN_KEY = "dry-run-no-key"
+_redactor: RedactingFilter | None = None
 
 EPILOG = (
     "environment: OPENAI_API_KEY, OPENAI_BASE_URL, ENGINE_DSN, ENGINE_JOB, ENGINE_WORKER_ID\n"
@@ -95,6 +99,19 @@ def _add_engine_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-attempts", type=int, default=None, help="tries per row")
 
 
+def _add_logging_flags(parser: argparse.ArgumentParser, *, top: bool) -> None:
+    """-v/-q/--log-format, accepted before or after the command."""
+    # On subcommands the defaults are suppressed so they never overwrite the top level's.
+    count: Any = 0 if top else argparse.SUPPRESS
+    parser.add_argument("-v", "--verbose", action="count", default=count,
+                        help="more log output (-vv for debug)")
+    parser.add_argument("-q", "--quiet", action="count", default=count,
+                        help="less log output (-q warnings only, -qq errors only)")
+    parser.add_argument("--log-format", choices=("text", "json"),
+                        default="text" if top else argparse.SUPPRESS,
+                        help="log lines as text (default) or one JSON object each")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser with every subcommand."""
     parser = argparse.ArgumentParser(
@@ -103,10 +120,16 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
-    parser.add_argument("-q", "--quiet", action="count", default=0, help="less log output")
-    parser.add_argument("--log-format", choices=("text", "json"), default="text")
+    _add_logging_flags(parser, top=True)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    original_add = sub.add_parser
+
+    def add_parser(name: str, **kwargs: Any) -> argparse.ArgumentParser:
+        made = original_add(name, **kwargs)
+        _add_logging_flags(made, top=False)
+        return made
+
+    sub.add_parser = add_parser  # type: ignore[method-assign]
 
     p = sub.add_parser("init-db", help="create the engine's tables (idempotent)")
     _add_common(p)
@@ -117,6 +140,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--until-idle", action="store_true", help="return when nothing is pending")
     p.add_argument("--num-batches", type=int, default=None,
                    help="stop after this many new batches were submitted and applied")
+    p.add_argument("--dry-run", action="store_true",
+                   help="build the first batch file, estimate tokens and cost of everything "
+                        "pending, submit nothing")
+    p.add_argument("--max-cost-usd", type=float, default=None,
+                   help="submit no new batch once this run's spend plus the next batch's "
+                        "estimate would pass this many USD (batch prices)")
+    _add_progress_flags(p)
+    p.add_argument("--metrics-port", type=int, default=None,
+                   help="serve Prometheus metrics on this port (0 picks a free one)")
+    p.add_argument("--metrics-host", default="127.0.0.1",
+                   help="address of the metrics endpoint (default 127.0.0.1)")
 
     p = sub.add_parser("submit", help="submit one batch, print its id and exit")
     _add_common(p)
@@ -126,6 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p)
     p.add_argument("batch_id", help="local or remote batch id")
     p.add_argument("--no-apply", action="store_true", help="only show the status")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
 
     p = sub.add_parser("cancel", help="cancel a live batch (its partial results are kept)")
     _add_common(p)
@@ -148,51 +183,43 @@ def build_parser() -> argparse.ArgumentParser:
     add_arguments(p)
 
     p = sub.add_parser("demo", help="the whole job on synthetic resumes against the emulator")
-    p.add_argument("--rows", type=int, default=200, help="synthetic resumes to create")
+    p.add_argument("--rows", type=int, default=2000, help="synthetic resumes to create")
     where = p.add_mutually_exclusive_group()
     where.add_argument("--db", default=None, help="SQLite file (default: a fresh temp file)")
     where.add_argument("--dsn", default=None, help="ODBC connection string instead of SQLite")
     p.add_argument("--max-in-flight", type=int, default=4, help="live batches at once")
     p.add_argument("--batch-size", type=int, default=None, help="requests per batch")
     p.add_argument("--seed", type=int, default=7, help="synthetic data seed")
+    _add_progress_flags(p)
     return parser
 
 
+def _add_progress_flags(parser: argparse.ArgumentParser) -> None:
+    """--progress and --progress-interval."""
+    parser.add_argument("--progress", choices=("auto", "rich", "plain", "none"), default="auto",
+                        help="live display in a terminal, log lines otherwise (default auto)")
+    parser.add_argument("--progress-interval", type=float, default=None,
+                        help="seconds between plain progress lines (default 30)")
+
+
 def _setup_logging(args: argparse.Namespace) -> None:
-    """One handler on the root, human text or JSON lines; never called by the library."""
-    level = logging.INFO + 10 * (args.quiet - args.verbose)
-    handler = logging.StreamHandler(sys.stderr)
-    if args.log_format == "json":
-        handler.setFormatter(_JsonFormatter())
-    else:
-        handler.setFormatter(
-            logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
-        )
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(max(logging.DEBUG, min(logging.CRITICAL, level)))
-    # The HTTP stack logs every request at INFO; keep ours readable.
-    for noisy in ("httpx", "httpx2", "openai", "aiohttp.access"):
-        logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
+    """One redacting handler on the root, human text or JSON lines; never the library's job."""
+    global _redactor
+    secrets = [os.environ.get("OPENAI_API_KEY", "")]
+    for dsn in (getattr(args, "dsn", None), os.environ.get("ENGINE_DSN")):
+        secrets.extend(secrets_of_dsn(dsn))
+    _redactor = setup_logging(
+        verbose=args.verbose, quiet=args.quiet, log_format=args.log_format, secrets=secrets
+    )
 
 
-class _JsonFormatter(logging.Formatter):
-    """One JSON object per line with the batch ids when a record carries them."""
+def _mask(text: str) -> str:
+    """Redact secrets from text the CLI prints itself (errors, tables)."""
+    from engine.logs import redact
 
-    def format(self, record: logging.LogRecord) -> str:
-        """Render one record."""
-        data: dict[str, Any] = {
-            "ts": self.formatTime(record),
-            "level": record.levelname,
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
-        for key in ("batch_id", "remote_batch_id"):
-            if hasattr(record, key):
-                data[key] = getattr(record, key)
-        if record.exc_info:
-            data["exc"] = self.formatException(record.exc_info)
-        return orjson.dumps(data).decode()
+    secrets = [os.environ.get("OPENAI_API_KEY", "")]
+    secrets.extend(secrets_of_dsn(os.environ.get("ENGINE_DSN")))
+    return redact(text, [s for s in secrets if s])
 
 
 # -- building the engine from arguments ------------------------------------------------------
@@ -222,12 +249,15 @@ def _store_settings(args: argparse.Namespace, loaded: Any) -> StoreSettings:
         from dataclasses import replace
 
         settings = replace(settings, **overrides)
+    if _redactor is not None:
+        for secret in secrets_of_dsn(settings.dsn):
+            _redactor.add_secret(secret)
     return settings
 
 
 def _engine_settings(args: argparse.Namespace, loaded: Any) -> Any:
     """Engine settings: the job's [engine] table, then the flags given."""
-    return loaded.engine_settings(
+    settings = loaded.engine_settings(
         batch_size=getattr(args, "batch_size", None),
         max_in_flight=getattr(args, "max_in_flight", None),
         check_interval_s=getattr(args, "check_interval", None),
@@ -235,10 +265,20 @@ def _engine_settings(args: argparse.Namespace, loaded: Any) -> Any:
         worker_id=args.worker_id,
         spool_dir=args.spool_dir,
     )
+    if settings.min_check_interval_s > settings.check_interval_s:
+        from dataclasses import replace
+
+        # --check-interval is the longest wait between polls: the first poll waits no longer.
+        settings = replace(settings, min_check_interval_s=settings.check_interval_s)
+    return settings
 
 
-def _api_settings() -> ApiSettings:
-    """Read the API key and base URL from the environment."""
+def _api_settings(args: argparse.Namespace | None = None) -> ApiSettings:
+    """Read the API key and base URL from the environment (a dry run needs no key)."""
+    if args is not None and getattr(args, "dry_run", False) and not os.environ.get(
+        "OPENAI_API_KEY"
+    ):
+        return ApiSettings(api_key=DRY_RUN_KEY, base_url=os.environ.get("OPENAI_BASE_URL"))
     return ApiSettings.from_env()
 
 
@@ -252,7 +292,8 @@ async def _with_engine(
     store = _store_settings(args, loaded)
     log.debug("database: %s", redact_dsn(store.dsn))
     async with Engine(
-        loaded.spec, store=store, api=_api_settings(), settings=_engine_settings(args, loaded)
+        loaded.spec, store=store, api=_api_settings(args),
+        settings=_engine_settings(args, loaded),
     ) as engine:
         return await body(engine)
 
@@ -277,20 +318,54 @@ async def _cmd_init_db(args: argparse.Namespace) -> int:
 
 async def _cmd_run(args: argparse.Namespace) -> int:
     """Run the pipeline."""
+    if args.max_cost_usd is not None and not args.max_cost_usd >= 0:
+        raise ConfigError(f"--max-cost-usd: must be >= 0, got {args.max_cost_usd}")
 
     async def body(engine: Any) -> int:
         await engine.store.init_db()
         await engine.store.check_source(engine.job)
-        summary = await engine.run(
-            until_idle=args.until_idle,
-            num_batches=args.num_batches,
-            install_signal_handlers=True,
+        if args.dry_run:
+            print(_fmt_dry_run(await engine.dry_run()), flush=True)
+            return EXIT_OK
+        from engine.progress import Progress
+
+        metrics = None
+        if args.metrics_port is not None:
+            from engine.metrics import Metrics
+
+            metrics = Metrics(engine.job.name)
+            metrics.instrument(engine.api)
+            engine.add_listener(metrics.on_event)
+            port = metrics.serve(args.metrics_port, args.metrics_host)
+            print(f"METRICS_URL=http://{args.metrics_host}:{port}/metrics", flush=True)
+        progress = Progress(
+            engine.job, engine.store, mode=args.progress,
+            line_every_s=args.progress_interval or 30.0,
+            interval_s=min(args.progress_interval or 5.0, 5.0) if metrics else None,
+            on_snapshot=metrics.update if metrics else None,
         )
+        engine.add_listener(progress.on_event)
+        try:
+            async with progress:
+                summary = await engine.run(
+                    until_idle=args.until_idle,
+                    num_batches=args.num_batches,
+                    install_signal_handlers=True,
+                    max_cost_usd=args.max_cost_usd,
+                )
+        finally:
+            if metrics is not None:
+                metrics.close()
         print(
             f"run: {summary.batches_submitted} batches submitted, {summary.batches_applied} "
             f"applied; rows applied={summary.rows_applied} requeued={summary.rows_requeued} "
             f"dead={summary.rows_dead}; now {_fmt_counts(summary.counts)}"
         )
+        if summary.cost_ceiling:
+            print(f"run: stopped submitting at the cost ceiling: {summary.cost_ceiling}")
+        if args.max_cost_usd is not None:
+            print(f"run: this run's cost ${summary.cost_usd:.4f} (batch prices, estimates for "
+                  f"batches not applied) of max ${args.max_cost_usd:.4f}")
         return EXIT_OK
 
     return await _with_engine(args, body)
@@ -319,7 +394,10 @@ async def _cmd_check(args: argparse.Namespace) -> int:
 
     async def body(engine: Any) -> int:
         record = await engine.check_batch(args.batch_id, apply=not args.no_apply)
-        print(_fmt_batch(record))
+        if args.json:
+            print(_json(_batch_dict(record, engine.job)))
+        else:
+            _print_batch_detail(record, engine.job)
         return EXIT_OK
 
     return await _with_engine(args, body)
@@ -338,26 +416,26 @@ async def _cmd_cancel(args: argparse.Namespace) -> int:
 
 async def _cmd_status(args: argparse.Namespace) -> int:
     """Print counts and recent batches."""
+    from engine.progress import take_snapshot
     from engine.store import Store
 
     loaded = _load(args)
+    job = loaded.spec
     store = await Store.open(_store_settings(args, loaded))
     try:
-        counts = await store.counts(loaded.spec.name)
-        batches = await store.list_batches(loaded.spec.name, limit=args.limit)
+        snap = await take_snapshot(store, job)
+        batches = await store.list_batches(job.name, limit=args.limit)
     finally:
         await store.close()
     if args.json:
-        data = {
-            "job": loaded.spec.name,
-            "rows": counts,
-            "batches": [asdict(b) for b in batches],
-        }
-        print(orjson.dumps(data, option=orjson.OPT_INDENT_2, default=str).decode())
+        data = snap.as_dict()
+        # "batches" stays the list of recent batches (its shape before counts existed).
+        data["batches_by_state"] = data.pop("batches")
+        data["model"] = job.model
+        data["batches"] = [_batch_dict(b, job) for b in batches]
+        print(_json(data))
         return EXIT_OK
-    print(f"job {loaded.spec.name}: {_fmt_counts(counts)}")
-    for record in batches:
-        print(_fmt_batch(record))
+    _print_status(job, snap, batches)
     return EXIT_OK
 
 
@@ -393,9 +471,152 @@ async def _cmd_demo(args: argparse.Namespace) -> int:
 
     code: int = await run_demo(
         rows=args.rows, db=args.db, dsn=args.dsn, max_in_flight=args.max_in_flight,
-        batch_size=args.batch_size, seed=args.seed,
+        batch_size=args.batch_size, seed=args.seed, progress=args.progress,
     )
     return code
+
+
+# -- output --------------------------------------------------------------------------------------
+
+
+def _json(data: Any) -> str:
+    """Pretty JSON, datetimes as ISO text, secrets masked."""
+    return _mask(orjson.dumps(data, option=orjson.OPT_INDENT_2, default=str).decode())
+
+
+def _console() -> Any:
+    """Return a rich console on stdout, wide enough for tables when it is not a terminal."""
+    from rich.console import Console
+
+    tty = sys.stdout.isatty()
+    return Console(file=sys.stdout, width=None if tty else 240, highlight=False,
+                   no_color=not tty, emoji=False)
+
+
+def _standard_cost(record: Any, job: Any) -> float:
+    """Return what a batch would have cost without the batch discount."""
+    from engine.pricing import cost_usd
+    from engine.results import Usage
+
+    usage = Usage(record.input_tokens, record.cached_tokens, record.output_tokens,
+                  record.reasoning_tokens)
+    return cost_usd(record.model, usage, batch=False, overrides=job.pricing)
+
+
+def _batch_dict(record: Any, job: Any) -> dict[str, Any]:
+    """Return a batch as JSON-ready data, with its cost with and without the discount."""
+    data = asdict(record)
+    data["cost_standard_usd"] = round(_standard_cost(record, job), 6)
+    return data
+
+
+def _print_status(job: Any, snap: Any, batches: list[Any]) -> None:
+    """Rows, batches, tokens and cost of a job, and its recent batches, as tables."""
+    from rich.table import Table
+
+    from engine.progress import BATCH_STATES, ROW_STATES
+
+    console = _console()
+    console.print(f"job {job.name} · model {job.model}")
+    rows = Table(title="rows", title_justify="left")
+    for state in ROW_STATES:
+        rows.add_column(state, justify="right")
+    rows.add_row(*(f"{snap.rows.get(s, 0):,}" for s in ROW_STATES))
+    console.print(rows)
+    by_state = Table(title="batches", title_justify="left")
+    for state in BATCH_STATES:
+        by_state.add_column(state, justify="right")
+    by_state.add_row(*(f"{snap.batches.get(s, 0):,}" for s in BATCH_STATES))
+    console.print(by_state)
+    money = Table(title="tokens and cost", title_justify="left")
+    for name in ("input", "cached", "output", "reasoning", "cost (batch)",
+                 "cost without batch discount"):
+        money.add_column(name, justify="right")
+    money.add_row(f"{snap.input_tokens:,}", f"{snap.cached_tokens:,}",
+                  f"{snap.output_tokens:,}", f"{snap.reasoning_tokens:,}",
+                  f"${snap.cost_usd:,.4f}", f"${snap.cost_standard_usd:,.4f}")
+    console.print(money)
+    if not batches:
+        console.print("no batches yet")
+        return
+    recent = Table(title=f"recent batches ({len(batches)})", title_justify="left")
+    for name in ("batch", "remote", "state", "remote status"):
+        recent.add_column(name, no_wrap=True)
+    for name in ("done/total", "failed", "tokens in/out", "cost"):
+        recent.add_column(name, justify="right", no_wrap=True)
+    recent.add_column("created", no_wrap=True)
+    recent.add_column("error", no_wrap=True, overflow="ellipsis", max_width=60)
+    for b in batches:
+        recent.add_row(
+            b.id, b.remote_batch_id or "-", b.state, b.remote_status or "-",
+            f"{b.request_completed}/{b.request_total}", str(b.request_failed),
+            f"{b.input_tokens:,}/{b.output_tokens:,}", f"${b.cost_usd:.4f}",
+            b.created_at.strftime("%Y-%m-%d %H:%M:%S") if b.created_at else "-",
+            _mask((b.error or "")[:60]),
+        )
+    console.print(recent)
+
+
+def _print_batch_detail(record: Any, job: Any) -> None:
+    """Every field of one batch, one per line, with its cost with and without the discount."""
+    from rich.table import Table
+
+    table = Table(title=f"batch {record.id}", title_justify="left", show_header=False)
+    table.add_column("field", style="bold")
+    table.add_column("value")
+    standard = _standard_cost(record, job)
+    fields: list[tuple[str, Any]] = [
+        ("job", record.job), ("local id", record.id),
+        ("remote batch id", record.remote_batch_id or "-"),
+        ("state", record.state), ("remote status", record.remote_status or "-"),
+        ("model", record.model), ("endpoint", record.endpoint),
+        ("worker", record.worker_id or "-"),
+        ("input file", record.input_file_id or "-"),
+        ("output file", record.output_file_id or "-"),
+        ("error file", record.error_file_id or "-"),
+        ("requests", f"{record.request_completed} completed, {record.request_failed} failed, "
+                     f"{record.request_total} total"),
+        ("estimated input tokens", f"{record.estimated_tokens:,}"),
+        ("tokens", f"input {record.input_tokens:,} (cached {record.cached_tokens:,}), output "
+                   f"{record.output_tokens:,} (reasoning {record.reasoning_tokens:,})"),
+        ("cost (batch prices)", f"${record.cost_usd:.6f}"),
+        ("cost without the batch discount", f"${standard:.6f}"),
+        ("created", record.created_at or "-"), ("updated", record.updated_at or "-"),
+        ("lease expires", record.lease_expires_at or "-"),
+    ]
+    if record.error:
+        fields.append(("error", _mask(record.error[:2000])))
+    for name, value in fields:
+        table.add_row(name, str(value))
+    _console().print(table)
+
+
+def _fmt_dry_run(report: Any) -> str:
+    """Render the dry run's report for humans."""
+    lines = [
+        f"dry run: job {report.job} ({report.model}); nothing was submitted",
+        f"  rows pending:       {report.rows_pending:,}",
+        f"  requests to send:   {report.requests:,} in {report.batches:,} batches",
+        f"  rejected at once:   {report.rejected:,} (no text, or longer than max_input_chars)",
+        f"  input tokens:       ~{report.input_tokens:,} (estimated, conservative)",
+        f"  output tokens:      up to {report.output_tokens_per_request:,} per request "
+        f"(max_output_tokens) = {report.output_tokens_per_request * report.requests:,}",
+        f"  cost, batch prices: ${report.cost_input_usd:.4f} for input, up to "
+        f"${report.cost_max_usd:.4f} with every output at its maximum",
+        f"  without the batch discount: ${report.cost_input_standard_usd:.4f} for input, up to "
+        f"${report.cost_max_standard_usd:.4f}",
+    ]
+    if not report.price_known:
+        lines.append(f"  no price known for {report.model}: set the job's [pricing]")
+    if report.first_batch_path:
+        lines.append(
+            f"  first batch file:   {report.first_batch_path} ({report.first_batch_requests:,} "
+            f"requests, {report.first_batch_bytes:,} bytes, ~{report.first_batch_tokens:,} "
+            "input tokens)"
+        )
+    else:
+        lines.append("  first batch file:   none (nothing to send)")
+    return "\n".join(lines)
 
 
 def _fmt_counts(counts: dict[str, int]) -> str:
@@ -452,19 +673,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return asyncio.run(_call(command, args))
     except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {_mask(str(exc))}", file=sys.stderr)
         return EXIT_USAGE
     except AuthenticationError as exc:
-        print(f"error: the Batch API refused the key: {exc}", file=sys.stderr)
+        print(f"error: the Batch API refused the key: {_mask(str(exc))}", file=sys.stderr)
         return EXIT_AUTH
     except (StoreError, BatchApiError, EngineError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {_mask(str(exc))}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
-
-
 
 
 if __name__ == "__main__":

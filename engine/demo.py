@@ -18,6 +18,7 @@ import orjson
 from engine.emulator import Emulator, EmulatorConfig
 from engine.engine import Engine, EngineEvent
 from engine.jobfile import load_job
+from engine.progress import Progress, ProgressMode
 from engine.resumes_data import SCORED_FIELDS, fill_database, score_fields
 from engine.settings import ApiSettings, StoreSettings
 from engine.store import Store
@@ -80,8 +81,13 @@ async def run_demo(
     max_in_flight: int = 4,
     batch_size: int | None = None,
     seed: int = 7,
+    progress: ProgressMode = "auto",
 ) -> int:
-    """Run the demo and return an exit code (0 when every row ended done or dead)."""
+    """Run the demo and return an exit code (0 when every row ended done or dead).
+
+    In a terminal the run is shown by the live progress display; elsewhere each batch state
+    change is printed, with a progress line every few seconds.
+    """
     if dsn is None:
         path = Path(db or "demo.db")
         path.unlink(missing_ok=True)
@@ -106,7 +112,9 @@ async def run_demo(
     finally:
         await store.close()
 
-    def progress(event: EngineEvent) -> None:
+    def story(event: EngineEvent) -> None:
+        if display.mode != "plain":
+            return
         if event.kind == "batch_state":
             _say(f"  batch {event.batch_id} {event.remote_batch_id or ''} -> {event.state}")
         elif event.kind in ("rows_dead", "error"):
@@ -124,8 +132,11 @@ async def run_demo(
             spool_dir=str(Path(".demo-spool")),
         )
         async with Engine(job, store=store_settings, api=api, settings=settings,
-                          on_event=progress) as engine:
-            summary = await engine.run(until_idle=True, install_signal_handlers=True)
+                          on_event=story) as engine:
+            display = Progress(job, engine.store, mode=progress, line_every_s=5.0, say=_say)
+            engine.add_listener(display.on_event)
+            async with display:
+                summary = await engine.run(until_idle=True, install_signal_handlers=True)
             batches = await engine.store.list_batches(job.name, limit=10_000)
     wall = time.monotonic() - started
 

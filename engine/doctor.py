@@ -19,10 +19,28 @@ __all__ = ["run_checks"]
 _DRIVER = re.compile(r"(?i)(?:^|;)\s*driver\s*=\s*(\{[^}]*\}|[^;]*)")
 
 
-def _line(ok: bool, name: str, detail: str) -> bool:
-    """Print one check's outcome and return it."""
-    print(f"{'ok  ' if ok else 'FAIL'} {name:<14} {detail}", flush=True)
+def _line(ok: bool, name: str, detail: str, *, warn: bool = False) -> bool:
+    """Print one check's outcome and return it (a warning passes, and says so)."""
+    mark = "warn" if warn else "ok  " if ok else "FAIL"
+    print(f"{mark} {name:<14} {detail}", flush=True)
     return ok
+
+
+def _pricing_line(spec: Any) -> None:
+    """Say what the job's model costs, or warn that costs will show as 0."""
+    from engine.pricing import BATCH_DISCOUNT, price_for
+
+    try:
+        price = price_for(spec.model, spec.pricing)
+    except EngineError as exc:
+        _line(False, "pricing", str(exc))
+        return
+    if price is None:
+        _line(True, "pricing", f"no price for {spec.model}: costs show as $0 and --max-cost-usd "
+              "refuses to run; set the job's [pricing]", warn=True)
+        return
+    _line(True, "pricing", f"{spec.model}: ${price.input}/${price.output} per 1M input/output "
+          f"tokens, x{BATCH_DISCOUNT} in batches")
 
 
 def driver_name(dsn: str) -> str | None:
@@ -47,6 +65,7 @@ async def run_checks(
     except EngineError as exc:
         return _line(False, "job file", str(exc))
     _line(True, "job file", f"{loaded.origin}: job {loaded.spec.name}, model {loaded.spec.model}")
+    _pricing_line(loaded.spec)
     ok = True
     try:
         settings = store_settings(args, loaded)

@@ -4,8 +4,12 @@
         summary = await engine.run(until_idle=True)
 
 ``run()`` runs until ``stop()``; ``run(until_idle=True)`` drains what is pending and returns;
-``run(num_batches=N)`` returns once N new batches were submitted and applied. Stopping is an
-event, not a cancellation: intake closes, in-flight work reaches a safe point within
+``run(num_batches=N)`` returns once N new batches were submitted and applied;
+``run(max_cost_usd=X)`` submits no new batch once what this run spent plus the estimate of the
+next batch would pass X, and returns when nothing else is in flight. ``dry_run()`` builds the
+first batch file and estimates tokens and cost for everything pending, submitting nothing.
+
+Stopping is an event, not a cancellation: intake closes, in-flight work reaches a safe point within
 ``shutdown_grace_period_s``, then whatever is left is cancelled (and recovered by the next run).
 """
 
@@ -14,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import signal
 import socket
@@ -25,24 +30,31 @@ from pathlib import Path
 from types import TracebackType
 
 from engine.batch_api import BatchApi
-from engine.errors import EngineError, LifecycleError
+from engine.errors import ConfigError, EngineError, LifecycleError
 from engine.job import JobSpec
 from engine.pipeline import EngineEvent, InFlightSlots, PipelineContext
 from engine.poller import Poller
-from engine.producer import Producer
-from engine.requests import RequestRenderer, parse_custom_id
-from engine.results import ResultParser
+from engine.pricing import cost as price_cost
+from engine.producer import CLAIM_CHUNK, Producer
+from engine.requests import InputRejected, RequestRenderer, parse_custom_id
+from engine.results import ResultParser, Usage
 from engine.settings import ApiSettings, EngineSettings, StoreSettings
-from engine.store import BatchRecord, ClaimedItem, Store
+from engine.store import BatchRecord, ClaimedItem, RequeueRow, Store
 from engine.submitter import Submitter, TokenBudget
 from engine.writer import Writer
 
-__all__ = ["Engine", "EngineEvent", "RunSummary"]
+__all__ = ["CostCeiling", "DryRunReport", "Engine", "EngineEvent", "RunSummary"]
 
 log = logging.getLogger("engine.engine")
 
 ADOPT_STATES = ("draft", "uploaded", "submitted", "finished")
 EVENT_BUFFER = 10_000
+# Output tokens per request assumed when the job sets no max_output_tokens (estimates only).
+DEFAULT_OUTPUT_TOKENS = 1000
+# Observed output per request is scaled up by this before it replaces the worst case.
+OUTPUT_MARGIN = 1.5
+# Recent applied batches of the job read to learn its output tokens per request.
+SEED_BATCHES = 20
 
 
 class _Lifecycle(Enum):
@@ -65,6 +77,150 @@ class RunSummary:
     rows_dead: int
     counts: dict[str, int] = field(default_factory=dict)
     stopped: bool = False
+    cost_usd: float = 0.0  # this run's batches: applied at their cost, the rest estimated
+    cost_ceiling: str | None = None  # why submission stopped at max_cost_usd, when it did
+
+
+@dataclass(frozen=True)
+class DryRunReport:
+    """What a run would send: the first batch file, and estimates for everything pending."""
+
+    job: str
+    model: str
+    rows_pending: int  # rows counted (pending, or claimed by a worker that died)
+    requests: int  # rows that would be sent
+    rejected: int  # rows that would be dead at once (no text, too long)
+    batches: int  # batches the requests would be cut into
+    input_tokens: int  # estimated, conservative
+    output_tokens_per_request: int  # the job's max_output_tokens (an upper bound)
+    cost_input_usd: float  # input alone, batch prices
+    cost_max_usd: float  # input plus every request using max output tokens, batch prices
+    cost_input_standard_usd: float  # the same without the batch discount
+    cost_max_standard_usd: float
+    price_known: bool
+    first_batch_path: str | None
+    first_batch_requests: int
+    first_batch_tokens: int
+    first_batch_bytes: int
+
+
+def estimate_batch_cost(
+    job: JobSpec, model: str, input_tokens: int, requests: int, output_per_request: int,
+    *, batch: bool = True,
+) -> float:
+    """USD for ``input_tokens`` plus ``requests * output_per_request`` output tokens."""
+    usage = Usage(input_tokens, 0, requests * output_per_request, 0)
+    return price_cost(model, usage, batch=batch, overrides=job.pricing).usd
+
+
+class CostCeiling:
+    """Admits a batch to creation only while this run's spend plus its estimate stays <= max.
+
+    Spent counts this run's admitted batches: applied ones at their recorded cost, the others
+    at their estimate. A batch is estimated as its estimated input tokens plus, per request,
+    the job's ``max_output_tokens`` (or DEFAULT_OUTPUT_TOKENS) until an applied batch of the
+    job (recent ones in the database, then this run's) shows the real output per completed
+    request; from then on 1.5x that mean, capped at the maximum. The ceiling, once reached,
+    stays reached for the run. A refused batch is abandoned without using an attempt (its rows
+    go back to pending), the refusal is logged at WARNING and emitted as an ``error`` event
+    whose state is ``cost_ceiling``, and ``on_trip`` runs once so the producer stops.
+    """
+
+    def __init__(
+        self,
+        ctx: PipelineContext,
+        max_cost_usd: float,
+        on_trip: Callable[[], None] | None = None,
+    ) -> None:
+        if max_cost_usd < 0 or math.isnan(max_cost_usd):
+            raise ConfigError(f"max_cost_usd: must be >= 0, got {max_cost_usd}")
+        self._ctx = ctx
+        self.max_cost_usd = max_cost_usd
+        self.on_trip = on_trip
+        self._open: dict[str, float] = {}  # admitted, not yet applied: id -> estimate
+        self.spent_usd = 0.0  # admitted and applied, at their recorded cost
+        self._observed_requests = 0
+        self._observed_output = 0
+        self.tripped: str | None = None
+        self.refused = 0
+        self._seeded = False
+
+    @property
+    def committed_usd(self) -> float:
+        """Spent plus the estimates of admitted batches not applied yet."""
+        return self.spent_usd + sum(self._open.values())
+
+    def output_per_request(self) -> int:
+        """Output tokens per request used in estimates (see the class docstring)."""
+        ceiling = self._ctx.job.max_output_tokens or DEFAULT_OUTPUT_TOKENS
+        if self._observed_requests == 0:
+            return ceiling
+        mean = self._observed_output / self._observed_requests
+        return min(ceiling, max(1, math.ceil(mean * OUTPUT_MARGIN)))
+
+    def estimate(self, record: BatchRecord) -> float:
+        """Estimated batch-price USD of one batch."""
+        return estimate_batch_cost(
+            self._ctx.job, record.model, record.estimated_tokens, record.request_total,
+            self.output_per_request(),
+        )
+
+    async def settle(self) -> None:
+        """Replace estimates by recorded costs for admitted batches that have been applied."""
+        if not self._seeded:
+            # Earlier runs' applied batches tell the output per request before ours do.
+            self._seeded = True
+            for done in await self._ctx.store.list_batches(
+                self._ctx.job.name, states=["applied"], limit=SEED_BATCHES
+            ):
+                if done.output_tokens and done.request_completed:
+                    self._observed_requests += done.request_completed
+                    self._observed_output += done.output_tokens
+        for batch_id in list(self._open):
+            current = await self._ctx.store.get_batch(batch_id)
+            if current is None or current.state not in ("applied", "abandoned"):
+                continue
+            del self._open[batch_id]
+            if current.state == "applied":
+                self.spent_usd += current.cost_usd
+                self._observed_requests += current.request_completed
+                self._observed_output += current.output_tokens
+
+    async def admit(self, record: BatchRecord) -> bool:
+        """Return True when the batch may be created; else give its rows back and say why."""
+        if record.id in self._open:  # admitted before; this is a retry of its create
+            return True
+        await self.settle()
+        estimate = self.estimate(record)
+        committed = self.committed_usd
+        if self.tripped is None and committed + estimate <= self.max_cost_usd:
+            self._open[record.id] = estimate
+            return True
+        reason = (
+            f"cost ceiling: spent ${committed:.4f} this run (estimates included) + "
+            f"${estimate:.4f} estimated for batch {record.id} would pass max_cost_usd "
+            f"${self.max_cost_usd:.4f}; no new batches will be submitted"
+        )
+        if self.tripped is None:
+            self.tripped = reason
+            log.warning("%s", reason, extra={"batch_id": record.id})
+            if self.on_trip is not None:
+                self.on_trip()
+        await self._give_back(record, reason)
+        return False
+
+    async def _give_back(self, record: BatchRecord, reason: str) -> None:
+        """Abandon a refused batch: rows to pending (no attempt used), slot freed."""
+        ctx = self._ctx
+        self.refused += 1
+        items = await ctx.store.batch_items(record.id)
+        rows = [RequeueRow(key, token, reason, burn_attempt=False) for key, token, _c, _a in items]
+        await ctx.store.requeue(ctx.job, rows, ctx.settings.max_attempts)
+        await ctx.record_batch(record, state="abandoned", error=reason[:2000])
+        ctx.emit(EngineEvent(kind="error", job=ctx.job.name, batch_id=record.id,
+                             state="cost_ceiling", rows=len(rows), message=reason))
+        ctx.spool_path(record.id).unlink(missing_ok=True)
+        await ctx.done_with(record.id)
 
 
 def default_worker_id() -> str:
@@ -93,6 +249,7 @@ class Engine:
         self._api: BatchApi | None = api if isinstance(api, BatchApi) else None
         self._on_event = on_event
         self._subscribers: list[asyncio.Queue[EngineEvent]] = []
+        self._listeners: list[Callable[[EngineEvent], None]] = []
         self._state = _Lifecycle.NEW
         self._stopping = asyncio.Event()
         self._exit_stack = contextlib.AsyncExitStack()
@@ -152,11 +309,22 @@ class Engine:
 
     # -- events -------------------------------------------------------------------------------
 
+    def add_listener(self, callback: Callable[[EngineEvent], None]) -> Callable[[], None]:
+        """Call ``callback`` with every event (like ``on_event``); return a remover."""
+        self._listeners.append(callback)
+
+        def remove() -> None:
+            if callback in self._listeners:
+                self._listeners.remove(callback)
+
+        return remove
+
     def _emit(self, event: EngineEvent) -> None:
-        """Deliver an event to the callback and to every subscriber (dropping when full)."""
-        if self._on_event is not None:
+        """Deliver an event to the callbacks and to every subscriber (dropping when full)."""
+        callbacks = [self._on_event] if self._on_event is not None else []
+        for callback in [*callbacks, *self._listeners]:
             try:
-                self._on_event(event)
+                callback(event)
             except Exception:  # a faulty callback must never stop the pipeline
                 log.exception("on_event callback failed")
         for queue in self._subscribers:
@@ -186,15 +354,29 @@ class Engine:
         until_idle: bool = False,
         num_batches: int | None = None,
         install_signal_handlers: bool = False,
+        max_cost_usd: float | None = None,
     ) -> RunSummary:
-        """Run the pipeline; see the module docstring for the three ways it ends."""
+        """Run the pipeline; see the module docstring for the ways it ends."""
         if self._state is not _Lifecycle.OPEN:
             raise LifecycleError(f"Engine is {self._state.value}; run() needs an open engine")
         if num_batches is not None and num_batches < 1:
             raise EngineError(f"num_batches: must be >= 1, got {num_batches}")
+        if max_cost_usd is not None and not max_cost_usd >= 0:
+            raise ConfigError(f"max_cost_usd: must be >= 0, got {max_cost_usd}")
+        if max_cost_usd is not None and not price_cost(
+            self.job.model, Usage(1, 0, 1, 0), overrides=self.job.pricing
+        ).known:
+            # Every estimate would be $0 and the ceiling would never hold.
+            raise ConfigError(
+                f"max_cost_usd: no price known for model {self.job.model!r}; set the job's "
+                "[pricing] (input, output USD per 1M tokens)"
+            )
         self._state = _Lifecycle.RUNNING
         self._stopping = asyncio.Event()
         ctx = self._context()
+        ceiling: CostCeiling | None = None
+        if max_cost_usd is not None:
+            ceiling = CostCeiling(ctx, max_cost_usd)
         loop = asyncio.get_running_loop()
         installed: list[signal.Signals] = []
         if install_signal_handlers:
@@ -202,7 +384,9 @@ class Engine:
                 loop.add_signal_handler(sig, self.stop)
                 installed.append(sig)
         try:
-            await self._run(ctx, until_idle=until_idle, num_batches=num_batches)
+            await self._run(
+                ctx, until_idle=until_idle, num_batches=num_batches, ceiling=ceiling
+            )
         finally:
             for sig in installed:
                 loop.remove_signal_handler(sig)
@@ -216,7 +400,16 @@ class Engine:
             rows_dead=ctx.counters.get("rows_dead", 0),
             counts=counts,
             stopped=self._stopping.is_set(),
+            cost_usd=await self._run_cost(ctx, ceiling),
+            cost_ceiling=ceiling.tripped if ceiling is not None else None,
         )
+
+    async def _run_cost(self, ctx: PipelineContext, ceiling: CostCeiling | None) -> float:
+        """Return this run's cost (applied batches at cost, the rest estimated), if tracked."""
+        if ceiling is None:
+            return 0.0
+        await ceiling.settle()
+        return ceiling.committed_usd
 
     # -- single steps (the submit / check / cancel commands and small scripts) -------------------
 
@@ -245,6 +438,103 @@ class Engine:
         finally:
             await self._hand_over(ctx)
         return await ctx.store.get_batch(draft.record.id)
+
+    async def dry_run(self, path: Path | None = None) -> DryRunReport:
+        """Write the first batch file and estimate tokens and cost of everything pending.
+
+        Nothing reaches the API. Pending rows are discovered (items are created for new source
+        rows, as any run would), claimed chunk by chunk to be rendered, and every claim is
+        released at the end without using an attempt; other workers skip these rows
+        meanwhile. Rows whose input would be rejected are counted, not dead-lettered.
+        """
+        ctx = self._ready_context()
+        store, job, settings = ctx.store, self.job, self.settings
+        await store.discover(job)
+        first = path or ctx.spool_path("dry-run")
+        first.parent.mkdir(parents=True, exist_ok=True)
+        held: list[tuple[str, str]] = []
+        seen: set[str] = set()
+        rejected = requests = input_tokens = batches = 0
+        cut_requests = cut_bytes = cut_tokens = 0
+        first_requests = first_tokens = first_bytes = 0
+        first_open = True
+        cap = settings.max_batch_tokens
+        try:
+            with first.open("wb") as out:
+                while True:
+                    claimed = await store.claim(job, self.worker_id, CLAIM_CHUNK, settings.lease_s)
+                    held.extend((item.key, item.claim_token) for item in claimed)
+                    fresh = [item for item in claimed if item.key not in seen]
+                    if not fresh:  # nothing left, or our own claims came back after a lease
+                        break
+                    lines: list[bytes] = []
+                    for item in fresh:
+                        seen.add(item.key)
+                        try:
+                            rendered = ctx.renderer.render(item, item.attempts)
+                        except InputRejected:
+                            rejected += 1
+                            continue
+                        size, tokens = len(rendered.line), rendered.estimated_tokens
+                        # Cut batches by the producer's rules: count, bytes, tokens.
+                        if cut_requests and (
+                            cut_requests >= settings.batch_size
+                            or cut_bytes + size > settings.max_batch_bytes
+                            or (cap is not None and cut_tokens + tokens > cap)
+                        ):
+                            first_open = False
+                            cut_requests = cut_bytes = cut_tokens = 0
+                        if cut_requests == 0:
+                            batches += 1
+                        cut_requests += 1
+                        cut_bytes += size
+                        cut_tokens += tokens
+                        requests += 1
+                        input_tokens += tokens
+                        if first_open:
+                            lines.append(rendered.line)
+                            first_requests, first_bytes = first_requests + 1, first_bytes + size
+                            first_tokens += tokens
+                    if lines:
+                        await asyncio.to_thread(out.writelines, lines)
+        finally:
+            if held:
+                try:
+                    await asyncio.shield(store.release(job, held))
+                except Exception:  # the leases expire anyway; never hide the outcome
+                    log.warning("dry run: could not release %d claims; their leases will expire",
+                                len(held))
+        if not first_requests:
+            first.unlink(missing_ok=True)
+        per_request = job.max_output_tokens or DEFAULT_OUTPUT_TOKENS
+        known = price_cost(job.model, Usage(1, 0, 1, 0), overrides=job.pricing).known
+
+        def usd(with_output: bool, batch: bool) -> float:
+            out = per_request if with_output else 0
+            return estimate_batch_cost(job, job.model, input_tokens, requests, out, batch=batch)
+
+        report = DryRunReport(
+            job=job.name,
+            model=job.model,
+            rows_pending=len(seen),
+            requests=requests,
+            rejected=rejected,
+            batches=batches,
+            input_tokens=input_tokens,
+            output_tokens_per_request=per_request,
+            cost_input_usd=usd(False, True),
+            cost_max_usd=usd(True, True),
+            cost_input_standard_usd=usd(False, False),
+            cost_max_standard_usd=usd(True, False),
+            price_known=known,
+            first_batch_path=str(first) if first_requests else None,
+            first_batch_requests=first_requests,
+            first_batch_tokens=first_tokens,
+            first_batch_bytes=first_bytes,
+        )
+        log.info("dry run of %s: %d requests in %d batches, ~%d input tokens, nothing submitted",
+                 job.name, requests, batches, input_tokens)
+        return report
 
     async def check_batch(self, ref: str, *, apply: bool = True) -> BatchRecord:
         """Poll one batch (local or remote id) once; apply its results when it has finished."""
@@ -319,7 +609,12 @@ class Engine:
         )
 
     async def _run(
-        self, ctx: PipelineContext, *, until_idle: bool, num_batches: int | None
+        self,
+        ctx: PipelineContext,
+        *,
+        until_idle: bool,
+        num_batches: int | None,
+        ceiling: CostCeiling | None = None,
     ) -> None:
         """Wire the stages, recover, and supervise until done or stopped."""
         budget = TokenBudget(self.settings.enqueued_token_budget)
@@ -340,6 +635,15 @@ class Engine:
 
         poller = Poller(ctx, budget, finished=writer.accept, resubmit=resubmit, adopt=adopt)
         producer = Producer(ctx, submit_queue, until_idle=until_idle, num_batches=num_batches)
+        if ceiling is not None:
+
+            def stop_producing() -> None:
+                # Producer has no public "no more drafts"; num_batches is the limit it checks
+                # before each draft, so lowering it ends production after the one in hand.
+                producer._num_batches = producer.produced
+
+            ceiling.on_trip = stop_producing
+            submitter.admit = ceiling.admit
 
         # Claims under our own id are a crashed predecessor's: nothing else can hold them.
         await ctx.store.reap_expired(self.job, self.worker_id)
@@ -370,7 +674,7 @@ class Engine:
                 await self._grace(tasks)
         except BaseExceptionGroup as failed:
             # A stage died: the group cancelled the others. Raise the cause itself, loudly.
-            causes = [e for e in failed.exceptions if not isinstance(e, asyncio.CancelledError)]
+            causes = _causes(failed)
             if len(causes) == 1:
                 raise causes[0] from None
             raise
@@ -466,6 +770,20 @@ class Engine:
             lines.append(ctx.renderer.render(item, attempt).line)
         await asyncio.to_thread(_write_lines, path, lines)
         log.info("batch %s: spool rebuilt from the database (%d lines)", record.id, len(lines))
+
+
+def _causes(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    """Return the exceptions in a (possibly nested) group, cancellations left out.
+
+    A stage may run its own task group, so its failure arrives as a group inside ours.
+    """
+    found: list[BaseException] = []
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            found.extend(_causes(exc))
+        elif not isinstance(exc, asyncio.CancelledError):
+            found.append(exc)
+    return found
 
 
 def _write_lines(path: Path, lines: list[bytes]) -> None:

@@ -1,8 +1,9 @@
 """Test-only crash points: the engine dies at a named step, as if the machine lost power.
 
 Off unless ``ENGINE_CRASH_AT`` names a point (the reliability tests set it on a subprocess,
-which then kills itself with SIGKILL) or a test arms one in-process with ``arm()``, which
-raises SimulatedCrash, a BaseException that no engine code catches or cleans up after.
+which then kills itself with SIGKILL; ``ENGINE_CRASH_AFTER=N`` makes it the N-th time the point
+is reached, default the first) or a test arms one in-process with ``arm()``, which raises
+SimulatedCrash, a BaseException that no engine code catches or cleans up after.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ CRASH_POINTS = (
 )
 
 _armed: dict[str, int] = {}
+_reached: dict[str, int] = {}  # times each point was reached, for ENGINE_CRASH_AFTER
 
 
 class SimulatedCrash(BaseException):
@@ -52,4 +54,14 @@ def crash_point(point: str) -> None:
             _armed[point] = left - 1
     target = os.environ.get("ENGINE_CRASH_AT")
     if target and target == point:
-        os.kill(os.getpid(), signal.SIGKILL)
+        _reached[point] = _reached.get(point, 0) + 1
+        if _reached[point] >= _crash_after():
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _crash_after() -> int:
+    """Return ENGINE_CRASH_AFTER (the n-th time a point is reached), 1 when unset or invalid."""
+    try:
+        return max(1, int(os.environ.get("ENGINE_CRASH_AFTER", "1")))
+    except ValueError:
+        return 1

@@ -17,7 +17,7 @@ import orjson
 
 from engine.errors import AuthenticationError, BatchApiError
 from engine.faults import crash_point
-from engine.pipeline import PipelineContext, get_or_stop
+from engine.pipeline import PipelineContext, get_or_stop, sleep_or_stop
 from engine.store import BatchRecord
 from engine.submitter import TokenBudget
 
@@ -67,31 +67,60 @@ class Poller:
         await self._inbox.put(record)
 
     async def run(self) -> None:
-        """Poll until the engine stops."""
+        """Poll until the engine stops; leases are renewed by a task of their own.
+
+        The first failure of either loop is raised as itself (no exception group), so the
+        engine reports a refused key or a crash point exactly as from any other stage.
+        """
+        name = self._ctx.job.name
+        tasks = [
+            asyncio.create_task(self._poll_loop(), name=f"engine.poller.poll[{name}]"),
+            asyncio.create_task(self._renew_loop(), name=f"engine.poller.leases[{name}]"),
+        ]
+        try:
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+            for task in tasks:
+                if task.done() and not task.cancelled() and task.exception() is not None:
+                    task.result()
+            await asyncio.gather(*tasks)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _poll_loop(self) -> None:
+        """Poll due batches and resubmit token-limited ones until the engine stops."""
         ctx = self._ctx
-        lease_every = max(ctx.settings.lease_s / 3, 0.05)
-        next_lease = time.monotonic() + lease_every
         while not ctx.stopping.is_set():
             self._drain_inbox()
             now = time.monotonic()
             for tracked in [t for t in self._tracked.values() if t.next_poll <= now]:
                 await self._poll(tracked)
             for batch_id, (due, record) in list(self._retry_later.items()):
-                if due <= now:
-                    del self._retry_later[batch_id]
+                # The lease task may drop a lost batch meanwhile: only resubmit what is left.
+                if due <= now and self._retry_later.pop(batch_id, None) is not None:
                     await self._resubmit(record)
-            if now >= next_lease:
-                await self._renew_and_adopt()
-                next_lease = now + lease_every
             wake_at = min(
                 [t.next_poll for t in self._tracked.values()]
                 + [due for due, _ in self._retry_later.values()]
-                + [next_lease]
+                + [time.monotonic() + max(ctx.settings.check_interval_s, 0.01)]
             )
             timeout = max(0.0, wake_at - time.monotonic())
             arrived = await get_or_stop(self._inbox, ctx.stopping, timeout)
             if arrived is not None:
                 self._add(arrived)
+
+    async def _renew_loop(self) -> None:
+        """Renew leases and adopt orphans every lease_s / 3 until the engine stops.
+
+        Apart from the polls on purpose: a poll retrying a flaky API can take longer than a
+        lease, and a lease that lapses while its owner is alive lets a second worker submit
+        the same draft (two live batches for the same rows).
+        """
+        ctx = self._ctx
+        lease_every = max(ctx.settings.lease_s / 3, 0.05)
+        while not await sleep_or_stop(lease_every, ctx.stopping):
+            await self._renew_and_adopt()
 
     async def poll_once(self, record: BatchRecord) -> None:
         """Poll one batch now (the check command); terminal batches go on as usual."""
@@ -140,7 +169,8 @@ class Poller:
                 tracked.interval = max(ctx.settings.min_check_interval_s, 0.01)
             tracked.next_poll = time.monotonic() + self._backoff(tracked)
             return
-        del self._tracked[record.id]
+        if self._tracked.pop(record.id, None) is None:
+            return  # the lease was lost while we polled: the new owner hands it on
         await self._budget.release(record.model, record.estimated_tokens)
         errors = [e.model_dump() for e in (batch.errors.data or [])] if batch.errors else []
         token_limited = any(e.get("code") == "token_limit_exceeded" for e in errors)

@@ -74,6 +74,8 @@ class Submitter:
         self._rebuild_spool = rebuild_spool
         # Local ids that may have a remote batch we never recorded (crash after create).
         self.suspect: set[str] = set()
+        # Operator feature (engine.engine.CostCeiling): False refuses a batch before create.
+        self.admit: Callable[[BatchRecord], Awaitable[bool]] | None = None
 
     async def run(self) -> None:
         """Submit whatever arrives until the engine stops."""
@@ -132,6 +134,12 @@ class Submitter:
                 log.info("batch %s: re-attached to remote %s", record.id, found[0])
                 await self._track(record)
                 return
+        if not await self._still_ours(record):
+            return
+        # -- cost ceiling (operator): a refused batch is given back by admit() itself --------
+        if self.admit is not None and not await self.admit(record):
+            return
+        # --------------------------------------------------------------------------------------
         await self._budget.reserve(record.model, record.estimated_tokens)
         try:
             batch = await ctx.api.create_batch(
@@ -150,6 +158,23 @@ class Submitter:
         )
         ctx.batches_submitted += 1
         await self._track(record)
+
+    async def _still_ours(self, record: BatchRecord) -> bool:
+        """Renew this batch's lease right before create; False (and let go) if it was lost.
+
+        A worker whose lease lapsed (a long stall, a slow API) may find its draft adopted and
+        submitted by another worker; creating it too would put the same rows in two live
+        batches. The fresh lease also covers the create call itself.
+        """
+        ctx = self._ctx
+        lost = await ctx.store.renew_batch_leases(ctx.worker_id, [record.id], ctx.settings.lease_s)
+        if not lost:
+            return True
+        log.warning("batch %s: lease lost to another worker; not creating it", record.id,
+                    extra={"batch_id": record.id})
+        # The spool stays: the new owner may be reading the same file on this machine.
+        await ctx.done_with(record.id)
+        return False
 
     async def _find_remote(self, record: BatchRecord) -> tuple[str, str] | None:
         """Return (remote id, status) of a live or finished remote batch made for this record."""

@@ -258,7 +258,8 @@ async def test_submit_one_then_check_applies(
 async def test_thousand_rows_with_batches_overlapping_in_time(
     db: DbTarget, tmp_path: Path
 ) -> None:
-    async with Emulator(EmulatorConfig(seed=8, latency_s=0.2)) as emu:
+    # A batch lives a full second, so several must be live together even on a loaded machine.
+    async with Emulator(EmulatorConfig(seed=8, latency_s=1.0)) as emu:
         job, store_settings = await prepared(db, [f"person {i} likes tea" for i in range(1000)])
         try:
             settings = fast_settings(tmp_path, batch_size=100, max_in_flight=4)
