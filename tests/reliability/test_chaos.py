@@ -1,0 +1,43 @@
+"""scripts/chaos.py at its small size, as CI runs it: every guarantee holds, the figures print.
+
+The large size (5,000 rows, 4 workers, 20 kills) is run by hand:
+``.venv/bin/python scripts/chaos.py --size large --db postgresql``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+
+import pytest
+
+from tests.conftest import MYSQL_DSN, PG_DSN, _target
+from tests.reliability.harness import PYTHON, REPO
+
+FIGURES = re.compile(
+    r"^rows=(\d+) done=(\d+) dead=(\d+) lost=0 double_applied=0 duplicate_live=0 restarts=\d+$"
+)
+
+
+@pytest.mark.parametrize("db", ["sqlite", "postgresql"])
+async def test_chaos_small(db: str) -> None:
+    if db != "sqlite":
+        _target(db, PG_DSN if db == "postgresql" else MYSQL_DSN)  # skip or fail when absent
+    proc = await asyncio.create_subprocess_exec(
+        PYTHON, str(REPO / "scripts" / "chaos.py"), "--size", "small", "--db", db,
+        cwd=str(REPO), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), 110)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert proc.returncode == 0, err.decode()[-3000:]
+    last = out.decode().strip().splitlines()[-1]
+    found = FIGURES.match(last)
+    assert found, last
+    rows, done, dead = (int(x) for x in found.groups())
+    assert rows == done + dead == 300
+    assert dead > 0  # the NULL and blank rows
+
