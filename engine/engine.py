@@ -371,6 +371,9 @@ class Engine:
                 f"max_cost_usd: no price known for model {self.job.model!r}; set the job's "
                 "[pricing] (input, output USD per 1M tokens)"
             )
+        # Prove the key and the address before claiming anything: a refused key or an
+        # unreachable API must fail the run with nothing written, not strand claimed rows.
+        await self.check_api()
         self._state = _Lifecycle.RUNNING
         self._stopping = asyncio.Event()
         ctx = self._context()
@@ -413,6 +416,15 @@ class Engine:
 
     # -- single steps (the submit / check / cancel commands and small scripts) -------------------
 
+    async def check_api(self) -> None:
+        """Make one cheap authenticated call (list one batch); raise if it cannot succeed.
+
+        AuthenticationError for a refused key, TransientApiError when the API stays
+        unreachable through the retry policy, BatchApiError for anything else.
+        """
+        async for _batch in self.api.iter_recent_batches(1, page_size=1):
+            break
+
     async def submit_one(self) -> BatchRecord | None:
         """Claim, spool and submit one batch, then return its record; None when nothing pends.
 
@@ -420,6 +432,7 @@ class Engine:
         can pick it up from here.
         """
         ctx = self._ready_context()
+        await self.check_api()
         queue: asyncio.Queue[BatchRecord] = asyncio.Queue()
         producer = Producer(ctx, queue, until_idle=True, num_batches=1)
         draft = await producer.build_draft()

@@ -116,3 +116,25 @@ async def test_bad_dsn(
     assert "Traceback" not in result.stderr
     assert "SECRETVALUE" not in result.stderr + result.stdout
     assert_nothing_written(sqlite_db, emu, tmp_path / "job")
+
+
+async def test_wrong_api_key(sqlite_db: DbTarget, emu: Emulator, tmp_path: Path) -> None:
+    await harness.prepare(sqlite_db, harness.texts(ROWS))
+    job = write_job(tmp_path / "job", sqlite_db)
+    wrong = "sk-wrong-key-9876543210"
+    result = await cli("run", "--job", str(job), "--until-idle",
+                       env={"OPENAI_API_KEY": wrong, "OPENAI_BASE_URL": emu.base_url})
+    assert result.code == 4, result.stderr
+    assert "refused the key" in result.stderr
+    assert wrong not in result.stderr + result.stdout
+    assert_nothing_written(sqlite_db, emu, tmp_path / "job")
+
+
+async def test_unreachable_api(sqlite_db: DbTarget, emu: Emulator, tmp_path: Path) -> None:
+    await harness.prepare(sqlite_db, harness.texts(ROWS))
+    job = write_job(tmp_path / "job", sqlite_db)
+    result = await cli("run", "--job", str(job), "--until-idle", timeout_s=60,
+                       env={"OPENAI_API_KEY": KEY, "OPENAI_BASE_URL": "http://127.0.0.1:9/v1"})
+    assert result.code == 1, result.stderr
+    assert "error:" in result.stderr
+    assert_nothing_written(sqlite_db, emu, tmp_path / "job")
