@@ -7,7 +7,9 @@ EngineError
 ├── StoreError                  the database failed
 │   ├── TransientStoreError     deadlock, lock timeout, serialization, "database is locked",
 │   │                           lost connection: safe to retry the whole transaction
-│   └── StaleClaimError         a fenced write found another worker's claim token
+│   ├── StaleClaimError         a fenced write found another worker's claim token
+│   └── DataFitError            a value does not fit its column (too long, out of range,
+│                               wrong type) or stored text is not valid in its encoding
 ├── BatchApiError               the Batch API refused or failed a call
 │   ├── TransientApiError       429, 5xx, timeouts, dropped connections: retried
 │   └── AuthenticationError     the key was refused (401/403): never retried
@@ -20,6 +22,7 @@ __all__ = [
     "AuthenticationError",
     "BatchApiError",
     "ConfigError",
+    "DataFitError",
     "EngineError",
     "IdentifierError",
     "LifecycleError",
@@ -57,6 +60,14 @@ class TransientStoreError(StoreError):
 
 class StaleClaimError(StoreError):
     """A fenced write matched no row: another worker holds the claim now."""
+
+
+class DataFitError(StoreError):
+    """One value cannot be written to or read from its column; retrying the same value fails.
+
+    SQLSTATE class 22 (too long, out of range, not a number), MariaDB 1406/1264/1366, or
+    source text that is not valid UTF-8. The message holds the database's text, never a DSN.
+    """
 
 
 class BatchApiError(EngineError):

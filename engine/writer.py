@@ -217,19 +217,29 @@ class Writer:
         """Apply successes and requeue or dead-letter failures, each in fenced chunks."""
         ctx = self._ctx
         step = ctx.settings.apply_chunk_rows
+        # Rows whose value the database refused (does not fit its column): retried, one
+        # attempt used, as README promises; a bad answer may not come back next time.
+        refused: list[RequeueRow] = []
         for start in range(0, len(successes), step):
-            outcome = await ctx.store.apply_results(ctx.job, successes[start : start + step])
+            part = successes[start : start + step]
+            outcome = await ctx.store.apply_results(ctx.job, part)
             crash_point("mid_apply")
             tally.applied += outcome.applied
             tally.stale += len(outcome.stale)
             ctx.count("rows_applied", outcome.applied)
             if outcome.applied:
                 ctx.emit(EngineEvent(kind="rows_applied", job=ctx.job.name, rows=outcome.applied))
+            if outcome.rejected:
+                token_of = {row.key: row.claim_token for row in part}
+                refused.extend(
+                    RequeueRow(key, token_of[key], reason, burn_attempt=True)
+                    for key, reason in outcome.rejected
+                )
         dead = [
             RequeueRow(key, token, f.reason) for f, key, token in failures
             if f.disposition == "dead"
         ]
-        retry = [
+        retry = refused + [
             RequeueRow(key, token, f.reason, burn_attempt=f.disposition == "retry")
             for f, key, token in failures
             if f.disposition != "dead"

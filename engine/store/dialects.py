@@ -11,7 +11,13 @@ from __future__ import annotations
 import re
 from typing import Any, ClassVar
 
-from engine.errors import ConfigError, IdentifierError, StoreError, TransientStoreError
+from engine.errors import (
+    ConfigError,
+    DataFitError,
+    IdentifierError,
+    StoreError,
+    TransientStoreError,
+)
 
 __all__ = [
     "Dialect",
@@ -69,6 +75,10 @@ class Dialect:
     utf8_everywhere: ClassVar[bool] = False  # pyodbc setencoding/setdecoding to UTF-8
     transient_states: ClassVar[frozenset[str]] = frozenset({"40001", "HYT00", "HYT01"})
     transient_codes: ClassVar[frozenset[int]] = frozenset()
+    # Lower-case message fragments of a lost connection, for drivers that report it as the
+    # generic HY000 with no telling native code (psqlODBC, MariaDB's client library).
+    lost_connection_texts: ClassVar[tuple[str, ...]] = ()
+    data_codes: ClassVar[frozenset[int]] = frozenset()  # native codes of a value misfit
     max_params: ClassVar[int] = 30000
 
     # -- identifiers ---------------------------------------------------------------------------
@@ -141,9 +151,18 @@ class Dialect:
         """Whether retrying the whole transaction may succeed."""
         if sqlstate.startswith("08"):  # connection lost or refused
             return True
-        return sqlstate in self.transient_states or (
+        if sqlstate in self.transient_states or (
             code is not None and code in self.transient_codes
-        )
+        ):
+            return True
+        if sqlstate in ("HY000", ""):  # generic: only the message tells a lost connection
+            lowered = message.lower()
+            return any(text in lowered for text in self.lost_connection_texts)
+        return False
+
+    def is_data_misfit(self, sqlstate: str, code: int | None, message: str) -> bool:
+        """Whether a value did not fit its column (class 22: too long, out of range, type)."""
+        return sqlstate.startswith("22") or (code is not None and code in self.data_codes)
 
     def classify(self, exc: BaseException) -> StoreError:
         """Map a pyodbc error to TransientStoreError or StoreError (message without secrets)."""
@@ -154,6 +173,8 @@ class Dialect:
         text = f"{self.name} [{sqlstate or '?'}] {message.strip()}"
         if self.is_transient(sqlstate, code, message):
             return TransientStoreError(text)
+        if self.is_data_misfit(sqlstate, code, message):
+            return DataFitError(text)
         return StoreError(text)
 
 
@@ -163,7 +184,27 @@ class PostgresDialect(Dialect):
     name = "postgresql"
     now = "(CURRENT_TIMESTAMP AT TIME ZONE 'UTC')"
     t_ts = "TIMESTAMP(6)"
-    transient_states = frozenset({"40001", "40P01", "55P03", "57P01", "HYT00"})
+    # 57P01 admin shutdown (pg_terminate_backend), 57P02 crash shutdown, 57P03 starting up
+    transient_states = frozenset(
+        {"40001", "40P01", "55P03", "57P01", "57P02", "57P03", "HYT00"}
+    )
+    # psqlODBC reports a killed or dropped connection as HY000 on the next statement.
+    lost_connection_texts = (
+        "the connection has been lost",
+        "server closed the connection unexpectedly",
+        "could not connect to server",
+        "connection refused",
+        "terminating connection due to administrator command",
+        "could not send data to server",
+        "could not receive data from server",
+        "no connection to the server",
+        "the database system is shutting down",
+        "the database system is starting up",
+        "connection not open",
+        "ssl syscall error",
+        # psqlODBC's own per-statement SAVEPOINT, sent first on a connection already dead
+        "internal savepoint failed",
+    )
 
     def lease_expr(self) -> str:
         """Now plus ? seconds (fractions kept)."""
@@ -194,8 +235,19 @@ class MysqlDialect(Dialect):
     # MariaDB's driver fails on SQLPutData of long UTF-16 text; UTF-8 binds round-trip exactly.
     utf8_everywhere = True
     transient_states = frozenset({"40001", "HYT00", "08S01"})
-    # 1213 deadlock, 1205 lock wait timeout, 2006/2013 server gone / lost connection
-    transient_codes = frozenset({1205, 1213, 2006, 2013})
+    # 1213 deadlock, 1205 lock wait timeout, 2002/2003 can't connect (socket / host),
+    # 2006/2013/2055 server gone / lost connection, 1927 connection killed, 1053 shutdown
+    transient_codes = frozenset({1053, 1205, 1213, 1927, 2002, 2003, 2006, 2013, 2055})
+    lost_connection_texts = (
+        "can't connect to",
+        "server has gone away",
+        "lost connection to",
+        "connection was killed",
+        "server shutdown in progress",
+    )
+    # 1406 data too long, 1264 out of range, 1366 incorrect value, 1265 data truncated,
+    # 1292 incorrect datetime (strict mode makes each an error, not a warning)
+    data_codes = frozenset({1264, 1265, 1292, 1366, 1406})
     max_params = 30000
 
     def lease_expr(self) -> str:
@@ -270,6 +322,15 @@ class SqliteDialect(Dialect):
             or super().is_transient(sqlstate, None, message)
         )
 
+    def is_data_misfit(self, sqlstate: str, code: int | None, message: str) -> bool:
+        """STRICT tables refuse a wrong type, and any value can exceed SQLITE_MAX_LENGTH."""
+        lowered = message.lower()
+        return (
+            "cannot store" in lowered  # "cannot store TEXT value in INTEGER column t.c"
+            or "string or blob too big" in lowered
+            or super().is_data_misfit(sqlstate, code, message)
+        )
+
     def prepare_dsn(self, dsn: str, query_timeout_s: int) -> str:
         """Give the driver a busy timeout (ms) so BEGIN IMMEDIATE waits for the writer."""
         if re.search(r"(^|;)\s*timeout\s*=", dsn, re.IGNORECASE):
@@ -294,6 +355,8 @@ class MssqlDialect(Dialect):
     transient_states = frozenset({"40001", "HYT00"})
     # 1205 deadlock victim, 1222 lock request timeout
     transient_codes = frozenset({1205, 1222})
+    # 8152/2628 string or binary data would be truncated, 8115 arithmetic overflow
+    data_codes = frozenset({2628, 8115, 8152})
     max_params = 2000
 
     def lease_expr(self) -> str:

@@ -45,10 +45,16 @@ class ApplyRow:
 
 @dataclass(frozen=True, slots=True)
 class ApplyOutcome:
-    """How many results reached the source table, and which were fenced out as stale."""
+    """How many results reached the source table, which were stale, which did not fit.
+
+    ``rejected`` holds (key, reason) of rows the database refused because a value does not
+    fit its column (too long, out of range); they were not written and their items are
+    untouched, so the caller requeues them with the reason.
+    """
 
     applied: int
     stale: list[str]
+    rejected: list[tuple[str, str]] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)

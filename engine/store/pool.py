@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 import aioodbc
 import pyodbc
 
-from engine.errors import StoreError
+from engine.errors import DataFitError, StoreError
 from engine.store.dialects import Dialect
 
 __all__ = ["Connection", "Pool"]
@@ -64,6 +64,13 @@ class Connection:
         except pyodbc.Error as exc:
             self.broken = True
             raise self._pool.dialect.classify(exc) from exc
+        except (UnicodeDecodeError, UnicodeEncodeError) as exc:
+            # pyodbc converting text that is not valid in its encoding (SQLite keeps any
+            # bytes): a fact about one value, not a failed database, so classify it as such.
+            self.broken = True
+            raise DataFitError(
+                f"{self._pool.dialect.name}: text is not valid {exc.encoding} ({exc.reason})"
+            ) from exc
         except BaseException:
             self.broken = True
             raise

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import fields as dc_fields
@@ -22,7 +23,7 @@ from typing import Any, TypeVar
 
 import orjson
 
-from engine.errors import ConfigError, StoreError
+from engine.errors import ConfigError, DataFitError, StaleClaimError, StoreError
 from engine.job import JobSpec
 from engine.retry import retry_store
 from engine.settings import StoreSettings
@@ -125,6 +126,44 @@ def _to_datetime(value: Any) -> datetime | None:
 def _error_text(reason: str) -> str:
     """Cap a stored error so any dialect's column holds it."""
     return reason[:_MAX_ERROR_CHARS]
+
+
+# MariaDB "for column 'out_name' at row 1" or "for column `db`.`t`.`out_name` at row 1",
+# SQLite "in INTEGER column t.years", SQL Server 2628 "column 'out_name'. Truncated ...".
+_COLUMN_IN_MESSAGE = re.compile(r"\bcolumn\s+([`'\"\[\]\w.$]+)")
+_INT_RANGES = {"smallint": 2**15, "integer": 2**31, "bigint": 2**63}
+_SIZED_TEXT = re.compile(r"^(?:character varying|character|varchar|char)\((\d+)\)$")
+
+
+def _misfits(sql_type: str | None, value: Any) -> bool:
+    """Whether a value plainly cannot fit a PostgreSQL type (sized text, or an integer)."""
+    if sql_type is None or value is None:
+        return False
+    sized = _SIZED_TEXT.match(sql_type)
+    if sized:
+        return isinstance(value, str) and len(value) > int(sized.group(1))
+    bound = _INT_RANGES.get(sql_type)
+    if bound is not None:
+        if isinstance(value, bool):
+            return False
+        if isinstance(value, int):
+            return not -bound <= value < bound
+        return not isinstance(value, float)  # text or JSON in an integer column
+    return False
+
+
+class _UndecodableTextError(ValueError):
+    """A source text value that is not valid UTF-8; the message names the column."""
+
+
+def _decoded(column: str, value: Any) -> Any:
+    """Decode a text column read as hex of its bytes (SQLite); _UndecodableTextError if bad."""
+    if value is None:
+        return None
+    try:
+        return bytes.fromhex(str(value)).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise _UndecodableTextError(f"column {column}, byte {exc.start}") from None
 
 
 class _Source:
@@ -517,8 +556,21 @@ class Store:
         token = uuid.uuid4().hex
         lease = self.dialect.lease_param(lease_s)
         c, d = self._c, self.dialect
+        tries = 0
+        landed_sql = (
+            f"SELECT {c('source_key')}, {c('attempts')} FROM {self.tables.items} "
+            f"WHERE {c('job')} = ? AND {c('state')} = 'claimed' AND {c('claim_token')} = ?"
+        )
 
         async def work(conn: Connection) -> list[tuple[Any, ...]]:
+            nonlocal tries
+            tries += 1
+            if tries > 1:
+                # A retry after a COMMIT whose outcome was lost: if it landed, those rows are
+                # ours (nobody else has the token); claiming more would strand them.
+                landed = await conn.fetchall(landed_sql, [job.name, token])
+                if landed:
+                    return landed
             if d.name in {"postgresql", "mssql"}:
                 return await conn.fetchall(
                     self.sql_claim(limit), [job.name, token, worker_id, lease]
@@ -547,12 +599,15 @@ class Store:
         claimed = [(str(r[0]), int(r[1])) for r in await self._tx(work)]
         if not claimed:
             return []
-        rows = await self.fetch_source_rows(job, [k for k, _ in claimed])
-        missing = [k for k, _ in claimed if k not in rows]
-        if missing:
-            await self.dead_letter(
-                job, [RequeueRow(k, token, "source row not found") for k in missing]
-            )
+        rows, unreadable = await self._read_source_rows(job, [k for k, _ in claimed])
+        # A row that is gone or cannot be read would come back on every claim: dead now.
+        dead = [
+            RequeueRow(k, token, unreadable.get(k, "source row not found"))
+            for k, _ in claimed
+            if k not in rows
+        ]
+        if dead:
+            await self.dead_letter(job, dead)
         return [
             ClaimedItem(key=k, claim_token=token, attempts=a, row=rows[k])
             for k, a in claimed
@@ -692,9 +747,31 @@ class Store:
             f"WHERE {c('job')} = ? AND {c('source_key')} = ? AND {c('state')} = 'claimed'"
         )
         job_name = record.job
+        existing = (
+            f"SELECT {c('job')}, {c('worker_id')} FROM {self.tables.batches}{d.lock_hint} "
+            f"WHERE {c('id')} = ?{d.lock_suffix}"
+        )
+        count_bound = (
+            f"SELECT COUNT(*) FROM {self.tables.items} WHERE {c('batch_id')} = ? "
+            f"AND {c('job')} = ?"
+        )
 
         async def work(conn: Connection) -> int:
-            await conn.execute(insert, [*values, d.lease_param(lease_s)])
+            found = await conn.fetchall(existing, [record.id])
+            if not found:
+                await conn.execute(insert, [*values, d.lease_param(lease_s)])
+                return await bind_items(conn)
+            # A retry after a lost COMMIT that had in fact landed: the row is ours already.
+            job, worker = found[0]
+            if str(job) != job_name or worker != record.worker_id:
+                raise StaleClaimError(
+                    f"batch {record.id} already exists for job {job!r}, worker {worker!r}"
+                )
+            await bind_items(conn)  # fenced on state 'claimed': binds only what is unbound
+            rows = await conn.fetchall(count_bound, [record.id, job_name])
+            return int(rows[0][0])
+
+        async def bind_items(conn: Connection) -> int:
             if d.name == "postgresql":
                 return await self._bind_pg(conn, record, items)
             if d.name != "sqlite":
@@ -956,37 +1033,88 @@ class Store:
     async def fetch_source_rows(
         self, job: JobSpec, keys: Sequence[str]
     ) -> dict[str, dict[str, Any]]:
-        """Return the text columns of these source rows, by key (to rebuild a lost spool)."""
+        """Return the text columns of these source rows, by key (to rebuild a lost spool).
+
+        Rows whose text cannot be read (not valid UTF-8) are left out, like missing rows.
+        """
+        rows, unreadable = await self._read_source_rows(job, keys)
+        for key in sorted(unreadable)[:5]:
+            log.warning("job %s: %s", job.name, unreadable[key])
+        return rows
+
+    async def _read_source_rows(
+        self, job: JobSpec, keys: Sequence[str]
+    ) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
+        """Return (text columns by key, reason by key of rows whose text cannot be read).
+
+        SQLite keeps whatever bytes it is given, and its driver turns invalid UTF-8 into text
+        pyodbc cannot decode (or silently drops bytes), so there the text columns are read as
+        hex of their bytes and decoded here, row by row (hex, not CAST AS BLOB: the driver
+        types a column by its first value and hands later blobs over as "X'..'" text when
+        that was NULL). MariaDB stores UTF-16 surrogates in utf8mb4; a
+        chunk whose text the driver cannot decode (DataFitError) is read again in halves
+        until the bad row stands alone. Either way one bad row is reported, not fatal.
+        """
         src = _Source(self.dialect, job)
         out: dict[str, dict[str, Any]] = {}
+        unreadable: dict[str, str] = {}
         name = self.dialect.name
+        as_bytes = name == "sqlite"
+        texts = (
+            [f"CASE WHEN {t} IS NULL THEN NULL ELSE hex({t}) END" for t in src.texts]
+            if as_bytes
+            else src.texts
+        )
+
+        async def work(conn: Connection, bound: list[Any]) -> list[tuple[Any, ...]]:
+            # SQLite and PostgreSQL take the keys as one JSON parameter (see _json_rows).
+            if name == "sqlite":
+                in_sql, params = _key_list(self.dialect, bound)
+            elif name == "postgresql":
+                types = await self._pg_column_types(conn, src)
+                key_type = types.get(job.source.key_column.lower(), "text")
+                in_sql = (
+                    f"(SELECT CAST(x AS {key_type}) FROM "
+                    f"json_array_elements_text(CAST(? AS json)) AS t(x))"
+                )
+                params = [orjson.dumps(bound).decode()]
+            else:
+                in_sql, params = f"({_marks(len(bound))})", bound
+            return await conn.fetchall(
+                f"SELECT {src.key}, {', '.join(texts)} FROM {src.table} "
+                f"WHERE {src.key} IN {in_sql}",
+                params,
+            )
+
+        async def read(chunk: Sequence[str]) -> list[tuple[Any, ...]]:
+            bound = [src.bind_key(k) for k in chunk]
+            try:
+                return await self._read(lambda conn: work(conn, bound))
+            except DataFitError as exc:
+                if len(chunk) == 1:
+                    what = (
+                        "source text is not valid UTF-8"
+                        if isinstance(exc.__cause__, UnicodeError)
+                        else "source row cannot be read"
+                    )
+                    unreadable[chunk[0]] = f"{what} (key {chunk[0]}): {exc}"
+                    return []
+            half = len(chunk) // 2
+            return [*await read(chunk[:half]), *await read(chunk[half:])]
+
         size = _JSON_CHUNK if name in ("sqlite", "postgresql") else _CHUNK
         for chunk in _chunks(list(keys), size):
-            bound = [src.bind_key(k) for k in chunk]
-
-            async def work(conn: Connection, bound: list[Any] = bound) -> Any:
-                # SQLite and PostgreSQL take the keys as one JSON parameter (see _json_rows).
-                if name == "sqlite":
-                    in_sql, params = _key_list(self.dialect, bound)
-                elif name == "postgresql":
-                    types = await self._pg_column_types(conn, src)
-                    key_type = types.get(job.source.key_column.lower(), "text")
-                    in_sql = (
-                        f"(SELECT CAST(x AS {key_type}) FROM "
-                        f"json_array_elements_text(CAST(? AS json)) AS t(x))"
-                    )
-                    params = [orjson.dumps(bound).decode()]
-                else:
-                    in_sql, params = f"({_marks(len(bound))})", bound
-                return await conn.fetchall(
-                    f"SELECT {src.key}, {', '.join(src.texts)} FROM {src.table} "
-                    f"WHERE {src.key} IN {in_sql}",
-                    params,
-                )
-
-            for row in await self._read(work):
-                out[str(row[0])] = dict(zip(src.text_names, row[1:], strict=True))
-        return out
+            for row in await read(chunk):
+                key = str(row[0])
+                values = dict(zip(src.text_names, row[1:], strict=True))
+                if as_bytes:
+                    try:
+                        values = {n: _decoded(n, v) for n, v in values.items()}
+                    except _UndecodableTextError as exc:
+                        unreadable[key] = f"source text is not valid UTF-8 ({exc}, key {key})"
+                        continue
+                out[key] = values
+        return out, unreadable
 
     # -- results ------------------------------------------------------------------------------
 
@@ -1120,19 +1248,64 @@ class Store:
         else:
             size = max(1, min(_CHUNK, self.dialect.max_params // width))
         applied, stale = 0, list[str]()
+        rejected: list[tuple[str, str]] = []
         for chunk in _apply_chunks(rows, size):
-
-            async def work(conn: Connection, chunk: Sequence[ApplyRow] = chunk) -> set[str]:
-                if self.dialect.name == "postgresql":
-                    return await self._apply_pg(conn, job, src, chunk)
-                return await self._apply_generic(conn, job, src, chunk)
-
-            matched = await self._tx(work)
+            matched = await self._apply_part(job, src, chunk, rejected)
             applied += len(matched)
-            stale.extend(r.key for r in chunk if r.key not in matched)
+            refused = {key for key, _ in rejected}
+            stale.extend(r.key for r in chunk if r.key not in matched and r.key not in refused)
         if stale:
             log.warning("job %s: %d stale results fenced out", job.name, len(stale))
-        return ApplyOutcome(applied=applied, stale=stale)
+        if rejected:
+            log.warning(
+                "job %s: %d results do not fit their columns (first: %s)",
+                job.name, len(rejected), rejected[0][1],
+            )
+        return ApplyOutcome(applied=applied, stale=stale, rejected=rejected)
+
+    async def _apply_part(
+        self,
+        job: JobSpec,
+        src: _Source,
+        chunk: Sequence[ApplyRow],
+        rejected: list[tuple[str, str]],
+    ) -> set[str]:
+        """Apply a chunk in one transaction; on a value that does not fit, split it.
+
+        The database refuses the whole statement for one bad value (and names no row), so
+        the halves are applied apart until each refused row stands alone; those go to
+        ``rejected`` as (key, reason) and every other row is applied. Returns matched keys.
+        """
+
+        async def work(conn: Connection) -> set[str]:
+            if self.dialect.name == "postgresql":
+                return await self._apply_pg(conn, job, src, chunk)
+            return await self._apply_generic(conn, job, src, chunk)
+
+        try:
+            return await self._tx(work)
+        except DataFitError as exc:
+            if len(chunk) == 1:
+                rejected.append((chunk[0].key, self._misfit_reason(chunk[0], src, exc)))
+                return set()
+        half = len(chunk) // 2
+        first = await self._apply_part(job, src, chunk[:half], rejected)
+        return first | await self._apply_part(job, src, chunk[half:], rejected)
+
+    def _misfit_reason(self, row: ApplyRow, src: _Source, exc: DataFitError) -> str:
+        """Say which column refused the value: MariaDB and SQL Server name it, else guess.
+
+        PostgreSQL's messages name only the type, so the columns whose declared type the
+        value cannot fit (from the cached catalog types) are named instead.
+        """
+        message = str(exc)
+        named = _COLUMN_IN_MESSAGE.search(message)
+        column = named.group(1).rstrip(".").split(".")[-1].strip("`'\"[]") if named else ""
+        if not column:
+            types = self._pg_types.get(src.table, {})
+            misfits = [col for col, v in row.values.items() if _misfits(types.get(col.lower()), v)]
+            column = " or ".join(misfits or sorted(row.values))
+        return _error_text(f"value does not fit column {column}: {message}")
 
     async def _settle(
         self,

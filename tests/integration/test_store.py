@@ -14,10 +14,17 @@ from typing import Any
 import pyodbc
 import pytest
 
-from engine.errors import IdentifierError, StoreError, TransientStoreError
+from engine.errors import (
+    DataFitError,
+    IdentifierError,
+    StaleClaimError,
+    StoreError,
+    TransientStoreError,
+)
 from engine.job import ColumnMapping, JobSpec, SourceSpec
 from engine.settings import StoreSettings
 from engine.store import ApplyRow, BatchRecord, RequeueRow, Store
+from engine.store.dialects import get_dialect
 from engine.store.pool import Connection
 from tests.conftest import DbTarget
 
@@ -691,3 +698,207 @@ async def test_store_is_a_context_manager_and_close_is_idempotent(sqlite_db: DbT
     await store.close()
     with pytest.raises(StoreError):
         await store.counts()
+
+
+@pytest.mark.parametrize(
+    ("dialect", "sqlstate", "message"),
+    [
+        ("postgresql", "HY000", "[HY000] The connection has been lost (35) (SQLExecDirectW)"),
+        (
+            "postgresql",
+            "HY000",
+            "[HY000] server closed the connection unexpectedly\n\tThis probably means the "
+            "server terminated abnormally (1) (SQLExecDirectW)",
+        ),
+        ("postgresql", "HY000", "[HY000] could not connect to server: Connection refused (101)"),
+        ("postgresql", "HY000", "[HY000] internal SAVEPOINT failed (8) (SQLExecDirectW)"),
+        (
+            "postgresql",
+            "57P01",
+            "[57P01] FATAL: terminating connection due to administrator command (1) "
+            "(SQLExecDirectW)",
+        ),
+        ("mysql", "HY000", "[HY000] [ma-3.1.20]Can't connect to server on '127.0.0.1' (111) "
+                           "(2002) (SQLDriverConnect)"),
+        ("mysql", "HY000", "[HY000] [ma-3.1.20]Can't connect to server on 'db' (2003) "
+                           "(SQLDriverConnect)"),
+        ("mysql", "HY000", "[HY000] [ma-3.1.20]Server has gone away (2006) (SQLExecDirectW)"),
+        ("mysql", "HY000", "[HY000] [ma-3.1.20]Lost connection to server during query (2013) "
+                           "(SQLExecDirectW)"),
+        ("mysql", "70100", "[70100] Connection was killed (1927) (SQLExecDirectW)"),
+        ("mysql", "08S01", "[08S01] Server shutdown in progress (1053) (SQLExecDirectW)"),
+    ],
+)
+def test_lost_connections_are_transient(dialect: str, sqlstate: str, message: str) -> None:
+    error = get_dialect(dialect).classify(pyodbc.Error(sqlstate, message))
+    assert isinstance(error, TransientStoreError), error
+
+
+@pytest.mark.parametrize(
+    ("dialect", "sqlstate", "message"),
+    [
+        ("postgresql", "HY000", "[HY000] ERROR: division by zero (1) (SQLExecDirectW)"),
+        ("postgresql", "28P01", "[28P01] password authentication failed for user (101)"),
+        ("mysql", "HY000", "[HY000] Unknown column 'x' in 'field list' (1054) (SQLExecDirectW)"),
+        ("mysql", "42000", "[42000] Access denied for user 'u'@'h' (1045) (SQLDriverConnect)"),
+    ],
+)
+def test_other_errors_stay_fatal(dialect: str, sqlstate: str, message: str) -> None:
+    error = get_dialect(dialect).classify(pyodbc.Error(sqlstate, message))
+    assert not isinstance(error, TransientStoreError | DataFitError), error
+
+
+async def test_create_draft_retried_after_its_commit_landed(
+    env: tuple[DbTarget, Store, JobSpec], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The connection is lost during COMMIT after the server committed: the retry must find
+    # its own batch row, not fail on the duplicate key, and bind nothing twice.
+    _db, store, job = env
+    await store.discover(job)
+    items = await store.claim(job, "w", 5, 600)
+    real_commit = Connection.commit
+    commits = {"n": 0}
+
+    async def commit_then_lose(self: Connection) -> None:
+        await real_commit(self)
+        commits["n"] += 1
+        if commits["n"] == 1:
+            self.broken = True
+            raise TransientStoreError("connection lost during COMMIT (injected)")
+
+    monkeypatch.setattr(Connection, "commit", commit_then_lose)
+    wanted = [(i.key, i.claim_token, f"cid-{i.key}") for i in items]
+    assert await store.create_draft(_record(job, "b-amb", "w"), wanted, 600) == 5
+    assert commits["n"] == 2  # the whole transaction did run again
+    monkeypatch.setattr(Connection, "commit", real_commit)
+    again = [(k, t, f"other-{k}") for k, t, _ in wanted]
+    assert await store.create_draft(_record(job, "b-amb", "w"), again, 600) == 5
+    got = await store.batch_items("b-amb")
+    assert sorted(got) == sorted((k, t, cid, 0) for k, t, cid in wanted)
+    assert (await store.counts(job.name))["submitted"] == 5
+    with pytest.raises(StaleClaimError):
+        await store.create_draft(_record(job, "b-amb", "someone-else"), wanted, 600)
+
+
+async def test_claim_retried_after_its_commit_landed(
+    env: tuple[DbTarget, Store, JobSpec], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The retry must return the rows the landed attempt claimed, not strand them claimed.
+    _db, store, job = env
+    await store.discover(job)
+    real_commit = Connection.commit
+    commits = {"n": 0}
+
+    async def commit_then_lose(self: Connection) -> None:
+        await real_commit(self)
+        commits["n"] += 1
+        if commits["n"] == 1:
+            self.broken = True
+            raise TransientStoreError("connection lost during COMMIT (injected)")
+
+    monkeypatch.setattr(Connection, "commit", commit_then_lose)
+    items = await store.claim(job, "w", 5, 600)
+    monkeypatch.setattr(Connection, "commit", real_commit)
+    assert commits["n"] == 2
+    assert len(items) == 5
+    assert (await store.counts(job.name))["claimed"] == 5
+
+
+_BAD_UTF8 = {1: "6C6F6E65EDA08020", 3: "737472617980"}  # a CESU-8 surrogate; a stray byte
+
+
+async def test_invalid_utf8_source_row_is_dead_with_reason(
+    env: tuple[DbTarget, Store, JobSpec],
+) -> None:
+    # SQLite keeps any bytes and MariaDB takes surrogates in utf8mb4; PostgreSQL refuses both.
+    db, store, job = env
+    stored: set[str] = set()
+    conn = raw_connect(db.dialect, db.dsn)
+    try:
+        cur = conn.cursor()
+        cur.execute(f"UPDATE {db.prefix}candidates SET resume_text = ? WHERE userid = 2", "é ok")
+        for key, hex_bytes in _BAD_UTF8.items():
+            bad = {
+                "sqlite": f"CAST(X'{hex_bytes}' AS TEXT)",
+                "postgresql": f"convert_from(decode('{hex_bytes}', 'hex'), 'UTF8')",
+                "mysql": f"UNHEX('{hex_bytes}')",
+            }[db.dialect]
+            try:
+                cur.execute(
+                    f"UPDATE {db.prefix}candidates SET resume_text = {bad} WHERE userid = {key}"
+                )
+            except pyodbc.Error:  # the server validated the text on the way in
+                continue
+            stored.add(str(key))
+    finally:
+        conn.close()
+    expected = {"sqlite": {"1", "3"}, "postgresql": set(), "mysql": {"1"}}[db.dialect]
+    assert stored == expected
+    await store.discover(job)
+    claimed = await store.claim(job, "w", 20, 600)
+    by_key = {i.key: i.row["resume_text"] for i in claimed}
+    assert by_key["2"] == "é ok"
+    assert sorted(by_key, key=int) == [str(n) for n in range(1, 21) if str(n) not in stored]
+    dead = dict(await store.dead_items(job))
+    assert sorted(dead) == sorted(stored)
+    for key, reason in dead.items():
+        assert "source text is not valid UTF-8" in reason
+        assert f"key {key}" in reason
+    rows = await store.fetch_source_rows(job, ["1", "2", "3"])
+    assert sorted(rows) == sorted({"1", "2", "3"} - stored)
+
+
+async def test_value_that_does_not_fit_is_rejected_alone(db: DbTarget) -> None:
+    # A value the column cannot take fails the whole statement; only its row is refused.
+    drop_tables(db.dialect, db.dsn, db.prefix, TABLES)
+    conn = raw_connect(db.dialect, db.dsn)
+    try:
+        # SQLite checks types only in STRICT tables (its TEXT/INTEGER/REAL are all allowed).
+        strict = " STRICT" if db.dialect == "sqlite" else ""
+        conn.cursor().execute(source_ddl(db.dialect, f"{db.prefix}candidates") + strict)
+        conn.cursor().executemany(
+            f"INSERT INTO {db.prefix}candidates (userid, resume_text) VALUES (?, ?)",
+            [(n, f"text {n}") for n in range(1, 11)],
+        )
+    finally:
+        conn.close()
+    store = await Store.open(settings_for(db.dialect, db.dsn, db.prefix))
+    try:
+        await store.init_db()
+        job = job_for(db.prefix)
+        await store.discover(job)
+        items = sorted(await store.claim(job, "w", 10, 600), key=lambda i: int(i.key))
+        await store.create_draft(
+            _record(job, "b-fit", "w"), [(i.key, i.claim_token, i.key) for i in items], 600
+        )
+        bad: dict[str, Any] = {"3": "many", "8": "lots"}
+        if db.dialect != "sqlite":
+            bad["6"] = 2**40  # beyond a 32-bit INTEGER (SQLite's are 64-bit)
+        rows = [
+            ApplyRow(i.key, i.claim_token, {"name": f"n{i.key}", "years": bad.get(i.key, 7)})
+            for i in items
+        ]
+        out = await store.apply_results(job, rows)
+        assert out.applied == 10 - len(bad)
+        assert out.stale == []
+        assert sorted(k for k, _ in out.rejected) == sorted(bad)
+        for _key, reason in out.rejected:
+            assert reason.startswith("value does not fit column years: "), reason
+        written = query(
+            db.dialect,
+            db.dsn,
+            f"SELECT userid, name, years FROM {db.prefix}candidates "
+            f"WHERE {marker(db)} IS NOT NULL ORDER BY userid",
+        )
+        assert [(str(k), n, y) for k, n, y in written] == [
+            (i.key, f"n{i.key}", 7) for i in items if i.key not in bad
+        ]
+        counts = await store.counts(job.name)
+        assert (counts["done"], counts["submitted"]) == (10 - len(bad), len(bad))
+        again = await store.apply_results(job, rows)  # the fence still holds
+        assert again.applied == 0
+        assert sorted(k for k, _ in again.rejected) == sorted(bad)
+        assert len(again.stale) == 10 - len(bad)
+    finally:
+        await store.close()
+        drop_tables(db.dialect, db.dsn, db.prefix, TABLES)

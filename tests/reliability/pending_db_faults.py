@@ -1,28 +1,14 @@
-"""Database faults: connections killed server-side mid-run, the database unreachable a while.
-
-Failing today, so not collected by default (the name does not start with test_); run it
-explicitly:
+"""PostgreSQL unreachable a while: flaky, so not collected by default; run it explicitly:
 
     ENGINE_REQUIRE_SERVICES=1 .venv/bin/python -m pytest -q tests/reliability/pending_db_faults.py
 
-- PostgreSQL: psqlODBC reports a connection killed by pg_terminate_backend, and one dropped
-  by the network, as SQLSTATE HY000 "The connection has been lost" on the next statement.
-  PostgresDialect.is_transient only knows 08xxx and its transient_states, so the store raises
-  StoreError (not TransientStoreError), retry_store gives up at once, and the engine exits 1.
-- MariaDB: while the server is unreachable, Connector/ODBC reports "Can't connect to server"
-  as SQLSTATE HY000 with native code 2002 (2003 for a remote host). MysqlDialect's
-  transient_codes hold 2006/2013 only, so a reconnect during an outage is fatal.
-- Both (MariaDB seen; any dialect can hit it): a connection lost during COMMIT is ambiguous.
-  retry_store re-runs the whole transaction, and Store.create_draft's retry fails on its own
-  INSERT of the batch row (duplicate primary key, MariaDB 1062) when the first commit had in
-  fact landed; the StoreError stops the engine. create_draft (engine/store/store.py) must be
-  idempotent: treat an existing batch row with the same id as done (insert-ignore, then read
-  back the bound items). The MariaDB KILL case fails this way about one run in three.
-
-With the dialect fixes applied locally (HY000 "connection has been lost" / "server closed the
-connection" transient on PostgreSQL, 2002/2003 transient on MariaDB), both PostgreSQL tests
-pass and the MariaDB ones fail only on the create_draft duplicate. Once fixed, rename this
-file to test_db_faults.py.
+With the store fixes (lost connections transient on PostgreSQL, create_draft idempotent) it
+passed about nine runs in ten. The other run the worker exited 0 with exactly one claim's
+worth of rows (40) neither done nor dead and no error logged. Likely cause, fixed since in
+Store.claim: a claim whose COMMIT landed but whose outcome was lost was retried under the same
+token and claimed 40 more rows, stranding the first 40 as claimed until their lease ran out
+(after the run went idle). Not yet run enough times since that fix to call it stable; run it
+in a loop and move it into test_db_faults.py when it holds.
 """
 
 from __future__ import annotations
@@ -31,16 +17,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import DbTarget
+from tests.conftest import PG_DSN, _target
 from tests.reliability import dbfaults
 
 
-async def test_connections_killed_mid_run(server_db: DbTarget, tmp_path: Path) -> None:
-    await dbfaults.scenario_connections_killed(server_db, tmp_path)
-
-
 @pytest.mark.parametrize("outage_s", [1.5])
-async def test_database_unreachable_for_a_while(
-    server_db: DbTarget, tmp_path: Path, outage_s: float
-) -> None:
-    await dbfaults.scenario_database_unreachable(server_db, tmp_path, outage_s)
+async def test_postgresql_unreachable_for_a_while(tmp_path: Path, outage_s: float) -> None:
+    await dbfaults.scenario_database_unreachable(
+        _target("postgresql", PG_DSN), tmp_path, outage_s
+    )

@@ -1,13 +1,12 @@
 """Bad data in and out: rows that can never succeed die with a reason and are never sent;
 hostile text stays data; answers that break the schema or the types never stop the engine;
-keys with quotes round-trip.
-
-Two cases fail today and live in pending_bad_data.py (not collected by default): invalid
-UTF-8 in a source row, and answers that do not fit their column (too long, out of range).
+keys with quotes round-trip; invalid UTF-8 in a source row is dead with a reason; answers
+that do not fit their column (too long, out of range) are retried, one attempt used.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -16,10 +15,10 @@ import orjson
 from engine import ApiSettings, EngineSettings
 from engine.emulator import Emulator, EmulatorConfig, FaultConfig
 from engine.engine import Engine, RunSummary
-from engine.job import JobSpec
+from engine.job import ColumnMapping, JobSpec
 from engine.store import Store
 from tests.conftest import DbTarget
-from tests.integration.helpers import TYPES, connect, fetch
+from tests.integration.helpers import SCHEMA, TYPES, connect, fetch
 from tests.integration.test_engine import fast_settings
 from tests.reliability import harness
 
@@ -149,3 +148,61 @@ async def test_keys_containing_quotes(db: DbTarget, tmp_path: Path) -> None:
             assert applied == set(KEYS)
         finally:
             harness.cleanup(db)
+
+
+async def test_invalid_utf8_in_the_source_row(sqlite_db: DbTarget, tmp_path: Path) -> None:
+    # SQLite stores whatever bytes it is given: a lone surrogate (CESU-8 ED A0 80) and a
+    # stray continuation byte. The engine must neither die nor send invalid JSON.
+    async with Emulator(EmulatorConfig(seed=62)) as emu:
+        await harness.prepare(sqlite_db, ["placeholder", "placeholder", "fine"])
+        conn = connect(sqlite_db.dsn)
+        try:
+            conn.cursor().execute(
+                f"UPDATE {sqlite_db.prefix}src SET body = CAST(X'6C6F6E65EDA08020' AS TEXT) "
+                "WHERE id = 1"
+            )
+            conn.cursor().execute(
+                f"UPDATE {sqlite_db.prefix}src SET body = CAST(X'737472617980' AS TEXT) "
+                "WHERE id = 2"
+            )
+        finally:
+            conn.close()
+        job = harness.job_for(_spec(sqlite_db))
+        await _run(sqlite_db, emu, job, fast_settings(tmp_path))
+        figures = harness.measure(sqlite_db, emu, 0)
+        assert figures.problems() == [], figures
+        assert not [b for b in emu.record.batches.values() if b.status == "failed"]
+
+
+def _oversized_job(target: DbTarget) -> JobSpec:
+    """Answers whose name overflows VARCHAR(200) and whose score overflows a 32-bit INT half
+    the time; the mapping has no max_length, so only the database can refuse them."""
+    schema = orjson.loads(orjson.dumps(SCHEMA))
+    schema["properties"]["name"] = {"type": "string", "minLength": 120, "maxLength": 280}
+    schema["properties"]["score"] = {"type": "integer", "minimum": 0, "maximum": 4_000_000_000}
+    job = harness.job_for(_spec(target))
+    columns = (
+        ColumnMapping(field="name", column="out_name"),
+        ColumnMapping(field="tags", column="out_tags", kind="json"),
+        ColumnMapping(field="score", column="out_score", kind="int"),
+    )
+    return replace(job, output_schema=schema, columns=columns)
+
+
+async def test_answers_that_do_not_fit_their_columns(
+    server_db: DbTarget, tmp_path: Path
+) -> None:
+    async with Emulator(EmulatorConfig(seed=63)) as emu:
+        try:
+            await harness.prepare(server_db, harness.texts(30))
+            settings = fast_settings(tmp_path, max_attempts=3)
+            summary = await _run(server_db, emu, _oversized_job(server_db), settings)
+            figures = harness.measure(server_db, emu, 0)
+            assert figures.problems() == [], figures
+            assert summary.counts["dead"] > 0
+            rows = fetch(server_db.dsn,
+                         f"SELECT out_name, out_score FROM {server_db.prefix}src "
+                         "WHERE processed IS NOT NULL")
+            assert all(len(name) <= 200 and score < 2**31 for name, score in rows)
+        finally:
+            harness.cleanup(server_db)
