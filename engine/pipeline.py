@@ -6,7 +6,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -144,7 +144,7 @@ class PipelineContext:
     async def record_batch(self, record: BatchRecord, **fields: Any) -> BatchRecord:
         """Persist a batch transition, log it once at INFO, emit an event; return the new record."""
         await self.store.update_batch(record.id, **fields)
-        new = _replace(record, fields)
+        new = replace(record, **fields)
         if new.state != record.state or new.remote_status != record.remote_status:
             log.info(
                 "batch %s (%s): %s/%s",
@@ -168,13 +168,6 @@ class PipelineContext:
     def spool_path(self, batch_id: str, suffix: str = "input") -> Path:
         """Where a batch's local files live."""
         return self.spool_dir / f"{self.job.name}-{batch_id}.{suffix}.jsonl"
-
-
-def _replace(record: BatchRecord, fields: dict[str, Any]) -> BatchRecord:
-    """Return a copy of a frozen BatchRecord with fields changed."""
-    from dataclasses import replace
-
-    return replace(record, **fields)
 
 
 async def get_or_stop(

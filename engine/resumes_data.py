@@ -20,10 +20,11 @@ import re
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
-from engine.errors import ConfigError, IdentifierError, StoreError
+from engine.errors import ConfigError, StoreError
 from engine.job import JobSpec
+from engine.store.dialects import detect_dialect, get_dialect
 
 __all__ = [
     "REFERENCE_YEAR",
@@ -31,7 +32,6 @@ __all__ = [
     "FillResult",
     "Resume",
     "create_tables",
-    "dialect_from_dsn",
     "fill_database",
     "generate",
     "make_resume",
@@ -690,37 +690,9 @@ def score_fields(truth: Mapping[str, Any], extracted: Mapping[str, Any]) -> dict
 # -- the database --------------------------------------------------------------------------------
 
 
-_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]{0,127}$")
-
-
-def dialect_from_dsn(dsn: str) -> Dialect:
-    """Detect the dialect from the DSN's Driver= attribute (or a known DSN name)."""
-    match = re.search(r"(?:^|;)\s*(?:driver|dsn)\s*=\s*\{?([^;}]*)", dsn, re.IGNORECASE)
-    driver = (match.group(1) if match else "").lower()
-    if "sqlite" in driver:
-        return "sqlite"
-    if "postgres" in driver or "psql" in driver:
-        return "postgresql"
-    if "mariadb" in driver or "mysql" in driver:
-        return "mysql"
-    if "sql server" in driver or "freetds" in driver or "tds" in driver:
-        return "mssql"
-    raise ConfigError(
-        "dsn: cannot tell the database from its Driver= (expected SQLite3, PostgreSQL, "
-        "MariaDB/MySQL, SQL Server or FreeTDS)"
-    )
-
-
 def _quote(name: str, dialect: Dialect) -> str:
-    """Quote a (possibly schema-qualified) identifier for the dialect after checking it."""
-    parts = name.split(".")
-    if len(parts) > 2 or not all(_IDENT.match(part) for part in parts):
-        raise IdentifierError(f"table: {name!r} is not a plain identifier")
-    if dialect == "mysql":
-        return ".".join(f"`{part}`" for part in parts)
-    if dialect == "mssql":
-        return ".".join(f"[{part}]" for part in parts)
-    return ".".join(f'"{part}"' for part in parts)
+    """Check and quote a (possibly schema-qualified) identifier the way the store does."""
+    return get_dialect(dialect).table(name, "table")
 
 
 def _types(dialect: Dialect) -> dict[str, str]:
@@ -853,7 +825,7 @@ def fill_database(
         from engine.jobfile import load_job
 
         job = load_job("resumes").spec
-    dialect = dialect_from_dsn(dsn)
+    dialect = cast(Dialect, detect_dialect(dsn))
     key = _quote(job.source.key_column, dialect)
     text_column = _quote(job.source.text_columns[0], dialect)
     main, truth_table = _quote(table, dialect), _quote(f"{table}_truth", dialect)

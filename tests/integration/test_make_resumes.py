@@ -17,11 +17,11 @@ import sqlglot
 from engine.errors import ConfigError, IdentifierError
 from engine.jobfile import load_job
 from engine.resumes_data import (
-    dialect_from_dsn,
     fill_database,
     make_resume,
     table_ddl,
 )
+from engine.store.dialects import detect_dialect
 from tests.conftest import DbTarget
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -180,13 +180,13 @@ def test_script_on_sqlite_is_deterministic_and_fast(tmp_path: Path) -> None:
         ("Driver=FreeTDS;Server=h;Port=1433;TDS_Version=7.4", "mssql"),
     ],
 )
-def test_dialect_from_dsn(dsn: str, dialect: str) -> None:
-    assert dialect_from_dsn(dsn) == dialect
+def test_dialect_is_detected_like_the_store_does(dsn: str, dialect: str) -> None:
+    assert detect_dialect(dsn) == dialect
 
 
 def test_unknown_driver_and_bad_table_name() -> None:
-    with pytest.raises(ConfigError, match=r"^dsn:"):
-        dialect_from_dsn("Driver=Oracle;Pwd=x")
+    with pytest.raises(ConfigError, match="cannot tell the database"):
+        fill_database("Driver=Oracle;Pwd=x", 1)
     with pytest.raises(IdentifierError):
         fill_database("Driver=SQLite3;Database=:memory:", 1, table="x; DROP TABLE y")
 
