@@ -82,6 +82,7 @@ _TOP_KEYS = (
 _DATABASE_KEYS = (
     "dsn", "driver", "server", "port", "database", "user", "password_env", "options", "dialect",
     "items_table", "batches_table", "meta_table", "pool_size", "query_timeout_s",
+    "outage_s",
 )
 _SOURCE_KEYS = (
     "table", "key_column", "key_type", "text_columns", "processed_column", "filter",
@@ -683,6 +684,9 @@ def _database(raw: Any) -> DatabaseConfig:
     query_timeout = _int(table, "query_timeout_s", "database", minimum=0)
     if query_timeout is not None:
         store["query_timeout_s"] = query_timeout
+    outage = _number(table, "outage_s", "database")
+    if outage is not None:
+        store["outage_s"] = outage
     return DatabaseConfig(
         dsn=dsn,
         driver=driver,

@@ -15,8 +15,10 @@ from tenacity import (
     RetryCallState,
     retry_if_exception_type,
     stop_after_attempt,
+    stop_after_delay,
     wait_exponential_jitter,
 )
+from tenacity.stop import stop_base
 
 from engine.errors import TransientApiError, TransientStoreError
 
@@ -60,11 +62,17 @@ async def _retrying(
     retry_on: type[BaseException],
     attempts: int,
     wait: Callable[[RetryCallState], float],
+    budget_s: float = 0.0,
 ) -> T:
-    """Run ``call`` until it succeeds, raises something else, or attempts run out."""
+    """Run ``call`` until it succeeds, raises something else, or attempts and budget run out."""
+    stop: stop_base = stop_after_attempt(attempts)
+    if budget_s > 0:
+        # Both must be spent: a burst of quick failures still gets its attempts, and an
+        # outage gets its time.
+        stop = stop & stop_after_delay(budget_s)
     async for attempt in AsyncRetrying(
         retry=retry_if_exception_type(retry_on),
-        stop=stop_after_attempt(attempts),
+        stop=stop,
         wait=wait,
         before_sleep=_log_retry,
         reraise=True,
@@ -80,10 +88,17 @@ async def retry_store(
     attempts: int = 8,
     initial_s: float = 0.05,
     max_s: float = 2.0,
+    budget_s: float = 0.0,
 ) -> T:
-    """Run one whole transaction, again on deadlock, lock timeout or lost connection."""
+    """Run one whole transaction, again on deadlock, lock timeout or lost connection.
+
+    ``budget_s`` keeps retrying past ``attempts`` until that much time has passed since the
+    first try, so a database that is down or restarting for a while is waited out.
+    """
     wait = wait_exponential_jitter(multiplier=initial_s, max=max_s, jitter=initial_s)
-    return await _retrying(call, retry_on=TransientStoreError, attempts=attempts, wait=wait)
+    return await _retrying(
+        call, retry_on=TransientStoreError, attempts=attempts, wait=wait, budget_s=budget_s
+    )
 
 
 async def retry_api(

@@ -33,6 +33,9 @@ class StoreSettings:
     dialect: Dialect | None = None  # detected from the DSN's driver when None
     pool_size: int = 4
     query_timeout_s: int = 60
+    # Once open, a transient failure (lost connection, server restarting, lock timeout) is
+    # retried until this many seconds have passed; the first connect still fails at once.
+    outage_s: float = 120.0
     items_table: str = "engine_items"
     batches_table: str = "engine_batches"
     meta_table: str = "engine_meta"
@@ -45,6 +48,8 @@ class StoreSettings:
             raise ConfigError(f"pool_size: must be >= 1, got {self.pool_size}")
         if self.query_timeout_s < 0:
             raise ConfigError(f"query_timeout_s: must be >= 0, got {self.query_timeout_s}")
+        if self.outage_s < 0:
+            raise ConfigError(f"outage_s: must be >= 0, got {self.outage_s}")
 
     def __repr__(self) -> str:
         """Show the DSN without its password."""

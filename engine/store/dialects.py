@@ -184,9 +184,11 @@ class PostgresDialect(Dialect):
     name = "postgresql"
     now = "(CURRENT_TIMESTAMP AT TIME ZONE 'UTC')"
     t_ts = "TIMESTAMP(6)"
-    # 57P01 admin shutdown (pg_terminate_backend), 57P02 crash shutdown, 57P03 starting up
+    # 57P01 admin shutdown (pg_terminate_backend), 57P02 crash shutdown, 57P03 starting up,
+    # 57014 statement_timeout (a query stuck behind locks under load; our own SQLCancel never
+    # reaches classification, it surfaces as CancelledError)
     transient_states = frozenset(
-        {"40001", "40P01", "55P03", "57P01", "57P02", "57P03", "HYT00"}
+        {"40001", "40P01", "55P03", "57014", "57P01", "57P02", "57P03", "HYT00"}
     )
     # psqlODBC reports a killed or dropped connection as HY000 on the next statement.
     lost_connection_texts = (
@@ -236,8 +238,12 @@ class MysqlDialect(Dialect):
     utf8_everywhere = True
     transient_states = frozenset({"40001", "HYT00", "08S01"})
     # 1213 deadlock, 1205 lock wait timeout, 2002/2003 can't connect (socket / host),
-    # 2006/2013/2055 server gone / lost connection, 1927 connection killed, 1053 shutdown
-    transient_codes = frozenset({1053, 1205, 1213, 1927, 2002, 2003, 2006, 2013, 2055})
+    # 2006/2013/2055 server gone / lost connection, 1927 connection killed, 1053 shutdown,
+    # 1969 (MariaDB) / 3024 (MySQL) max_statement_time exceeded: the statement is aborted and
+    # the pool drops the connection, so the whole transaction can run again
+    transient_codes = frozenset(
+        {1053, 1205, 1213, 1927, 1969, 2002, 2003, 2006, 2013, 2055, 3024}
+    )
     lost_connection_texts = (
         "can't connect to",
         "server has gone away",

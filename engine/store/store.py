@@ -254,7 +254,7 @@ class Store:
             async with self._sqlite_writer, self.pool.transaction() as conn:
                 return await work(conn)
 
-        return await retry_store(attempt)
+        return await retry_store(attempt, budget_s=self.settings.outage_s)
 
     async def _read(self, work: Callable[[Connection], Awaitable[T]]) -> T:
         """Run read-only work on a pooled connection, retried on transient errors."""
@@ -263,7 +263,7 @@ class Store:
             async with self.pool.acquire() as conn:
                 return await work(conn)
 
-        return await retry_store(attempt)
+        return await retry_store(attempt, budget_s=self.settings.outage_s)
 
     # -- SQL (pure functions of dialect and names; public so SQL Server's can be checked) ---------
 

@@ -1,6 +1,6 @@
 """Database faults the engine must ride out: its connections killed server-side, an outage.
 
-Used by pending_db_faults.py (failing until the store fixes land). ``Killer`` gives the
+Used by test_db_faults.py. ``Killer`` gives the
 engine its own database user so every one of its sessions, idle ones too, can be found and
 killed; ``TcpProxy`` sits between the engine and the server and can refuse and drop
 connections for a while.

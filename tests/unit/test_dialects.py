@@ -138,6 +138,26 @@ def test_bad_column_names_rejected_with_setting() -> None:
             True,
         ),
         ("mssql", "HYT00", "[HYT00] [Microsoft]Query timeout expired (0) (SQLExecDirectW)", True),
+        (
+            "mysql",
+            "HY018",
+            "[HY018] [ma-3.1.15][10.11.19-MariaDB]Query execution was interrupted "
+            "(max_statement_time exceeded) (1969) (SQLExecDirectW)",
+            True,
+        ),
+        (
+            "postgresql",
+            "57014",
+            "[57014] ERROR: canceling statement due to statement timeout;\n"
+            "Error while executing the query (1) (SQLExecDirectW)",
+            True,
+        ),
+        (
+            "mysql",
+            "HY000",
+            "[HY000] [ma-3.1.15]Table 'test.nope' doesn't exist (1146) (SQLExecDirectW)",
+            False,
+        ),
         ("mssql", "08S01", "[08S01] Communication link failure (10054) (SQLExecDirectW)", True),
         ("mssql", "42000", "[42000] Incorrect syntax (102) (SQLExecDirectW)", False),
     ],
