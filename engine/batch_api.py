@@ -39,7 +39,13 @@ import httpx2
 import openai
 from openai.types import Batch
 
-from engine.errors import AuthenticationError, BatchApiError, ConfigError, TransientApiError
+from engine.errors import (
+    AuthenticationError,
+    BatchApiError,
+    ConfigError,
+    LeaseExpiredError,
+    TransientApiError,
+)
 from engine.retry import retry_api
 from engine.settings import ApiSettings
 
@@ -247,10 +253,25 @@ class BatchApi:
 
     # -- batches -----------------------------------------------------------------------
 
+    @property
+    def request_timeout_s(self) -> float:
+        """How long one HTTP request may take before the client gives up on it."""
+        return float(self._settings.timeout_s)
+
     async def create_batch(
-        self, input_file_id: str, endpoint: str, metadata: dict[str, str]
+        self,
+        input_file_id: str,
+        endpoint: str,
+        metadata: dict[str, str],
+        *,
+        deadline: float | None = None,
     ) -> Batch:
-        """Create a batch (completion window 24h), never twice for one engine_batch."""
+        """Create a batch (completion window 24h), never twice for one engine_batch.
+
+        ``deadline`` (time.monotonic()) is when the caller's lease on the batch runs out: no
+        attempt starts after it (LeaseExpiredError), so a worker that adopts the batch later
+        knows how long a create of ours can still land.
+        """
         if len(metadata) > _METADATA_PAIRS or any(
             len(k) > _METADATA_KEY_CHARS or len(v) > _METADATA_VALUE_CHARS
             for k, v in metadata.items()
@@ -265,6 +286,8 @@ class BatchApi:
                 if found is not None:
                     log.info("create_batch: reusing %s created by a lost attempt", found.id)
                     return found
+            if deadline is not None and time.monotonic() >= deadline:
+                raise LeaseExpiredError(f"batch {metadata.get('engine_batch', '?')}: lease ran out")
             try:
                 return await self._client.batches.create(
                     input_file_id=input_file_id,

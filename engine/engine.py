@@ -743,11 +743,11 @@ class Engine:
         writer: Writer,
     ) -> int:
         """Adopt this worker's and dead workers' unfinished batches and route each to its stage."""
-        records = await ctx.store.adopt_batches(
+        adopted = await ctx.store.adopt_batches(
             self.job, self.worker_id, self.settings.lease_s, ADOPT_STATES
         )
         count = 0
-        for record in records:
+        for record, previous in adopted:
             if record.id in ctx.owned:
                 continue
             ctx.owned.add(record.id)
@@ -761,8 +761,12 @@ class Engine:
             if record.state == "draft":
                 await submit_queue.put(record)
             elif record.state == "uploaded":
-                # A crash between create and saving its id leaves a remote batch we must find.
-                submitter.suspect.add(record.id)
+                # A crash between create and saving its id leaves a remote batch we must find;
+                # a live worker whose lease lapsed may still have its create in flight.
+                if previous is not None and previous != self.worker_id:
+                    submitter.adopted_from(record, previous)
+                else:
+                    submitter.suspect.add(record.id)
                 await submit_queue.put(record)
             elif record.state == "submitted":
                 await poller.track(record)

@@ -4,6 +4,7 @@ EngineError
 ├── ConfigError                 a setting, job field or identifier is wrong (names it)
 │   └── IdentifierError         a table or column name that cannot be used safely
 ├── LifecycleError              an Engine used out of order (reused, run before open)
+├── LeaseExpiredError           a remote call was not started: this worker's lease ran out
 ├── StoreError                  the database failed
 │   ├── TransientStoreError     deadlock, lock timeout, serialization, "database is locked",
 │   │                           lost connection: safe to retry the whole transaction
@@ -25,6 +26,7 @@ __all__ = [
     "DataFitError",
     "EngineError",
     "IdentifierError",
+    "LeaseExpiredError",
     "LifecycleError",
     "ResultError",
     "StaleClaimError",
@@ -48,6 +50,14 @@ class IdentifierError(ConfigError):
 
 class LifecycleError(EngineError):
     """An object with a lifecycle was used out of order (reused after close, run before open)."""
+
+
+class LeaseExpiredError(EngineError):
+    """The worker's lease on a batch ran out before a remote call could start.
+
+    Starting it anyway could race a worker that adopted the batch meanwhile, so the caller
+    renews the lease (or lets the batch go) and decides again.
+    """
 
 
 class StoreError(EngineError):

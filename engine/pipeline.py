@@ -141,9 +141,16 @@ class PipelineContext:
         """Add to a run counter (rows applied, requeued, dead, ...)."""
         self.counters[name] = self.counters.get(name, 0) + amount
 
-    async def record_batch(self, record: BatchRecord, **fields: Any) -> BatchRecord:
-        """Persist a batch transition, log it once at INFO, emit an event; return the new record."""
-        await self.store.update_batch(record.id, **fields)
+    async def record_batch(
+        self, record: BatchRecord, *, fenced: bool = False, **fields: Any
+    ) -> BatchRecord:
+        """Persist a batch transition, log it once at INFO, emit an event; return the new record.
+
+        ``fenced`` writes only while this worker still holds the batch (StaleClaimError if not).
+        """
+        await self.store.update_batch(
+            record.id, owner=self.worker_id if fenced else None, **fields
+        )
         new = replace(record, **fields)
         if new.state != record.state or new.remote_status != record.remote_status:
             log.info(

@@ -4,6 +4,12 @@ Each remote call is bracketed by database writes: the draft exists before the up
 file id is saved before ``batches.create``, and the batch id right after. The one window left
 (a crash after ``create`` returned, before its id was saved) is closed at recovery by matching
 the ``engine_batch`` metadata of recent remote batches.
+
+Leases keep two workers from creating the same batch. The lease is renewed right before
+``create``, no create attempt starts after it would have run out, and the id is saved only
+while the lease is still ours. A worker that adopts an uploaded batch from another worker
+waits one API request timeout before it looks for (or creates) the remote batch, so a create
+the other worker had in flight has landed and is found instead of doubled.
 """
 
 from __future__ import annotations
@@ -13,7 +19,13 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
-from engine.errors import AuthenticationError, BatchApiError, TransientApiError
+from engine.errors import (
+    AuthenticationError,
+    BatchApiError,
+    LeaseExpiredError,
+    StaleClaimError,
+    TransientApiError,
+)
 from engine.faults import crash_point
 from engine.pipeline import EngineEvent, PipelineContext, get_or_stop, sleep_or_stop
 from engine.store import BatchRecord, RequeueRow
@@ -25,6 +37,8 @@ log = logging.getLogger("engine.submitter")
 # How far back recovery looks among remote batches for one created but never recorded.
 RECOVERY_LOOKBACK_S = 6 * 3600
 RECOVERY_MAX_PAGES = 20
+# Added to the API request timeout before an adopted batch may be looked for or created.
+ADOPT_SETTLE_MARGIN_S = 5.0
 
 
 class TokenBudget:
@@ -74,17 +88,51 @@ class Submitter:
         self._rebuild_spool = rebuild_spool
         # Local ids that may have a remote batch we never recorded (crash after create).
         self.suspect: set[str] = set()
+        # Local id -> time.monotonic() before which it must not be looked for or created: an
+        # uploaded batch adopted from another worker whose create may still be in flight.
+        self.not_before: dict[str, float] = {}
+        self._later: set[asyncio.Task[None]] = set()
         # Operator feature (engine.engine.CostCeiling): False refuses a batch before create.
         self.admit: Callable[[BatchRecord], Awaitable[bool]] | None = None
 
     async def run(self) -> None:
         """Submit whatever arrives until the engine stops."""
         ctx = self._ctx
-        while not ctx.stopping.is_set():
-            record = await get_or_stop(self._inbox, ctx.stopping)
-            if record is None:
-                return
-            await self.submit(record)
+        try:
+            while not ctx.stopping.is_set():
+                record = await get_or_stop(self._inbox, ctx.stopping)
+                if record is None:
+                    return
+                wait_s = self.not_before.get(record.id, 0.0) - time.monotonic()
+                if wait_s > 0:
+                    self._requeue_later(record, wait_s)
+                    continue
+                await self.submit(record)
+        finally:
+            for task in self._later:
+                task.cancel()
+
+    def adopted_from(self, record: BatchRecord, worker: str) -> None:
+        """Hold an uploaded batch adopted from ``worker`` until its creates can have landed."""
+        self.suspect.add(record.id)
+        settle_s = self._ctx.api.request_timeout_s + ADOPT_SETTLE_MARGIN_S
+        self.not_before[record.id] = time.monotonic() + settle_s
+        log.info(
+            "batch %s: adopted from %s after upload; waiting %.0fs for any create it had in "
+            "flight before looking for it", record.id, worker, settle_s,
+            extra={"batch_id": record.id},
+        )
+
+    def _requeue_later(self, record: BatchRecord, wait_s: float) -> None:
+        """Put a held batch back in the inbox once its wait is over (others go on meanwhile)."""
+
+        async def later() -> None:
+            if not await sleep_or_stop(wait_s, self._ctx.stopping):
+                await self._inbox.put(record)
+
+        task = asyncio.create_task(later(), name=f"hold-{record.id}")
+        self._later.add(task)
+        task.add_done_callback(self._later.discard)
 
     async def submit(self, record: BatchRecord) -> None:
         """Upload and create until the batch is live, abandoned, or the engine stops."""
@@ -96,6 +144,11 @@ class Submitter:
                 return
             except AuthenticationError:
                 raise
+            except LeaseExpiredError:
+                # The create never started; renew (or find the batch taken) and decide again.
+                log.info("batch %s: lease ran out before create; renewing", record.id,
+                         extra={"batch_id": record.id})
+                self.suspect.add(record.id)
             except TransientApiError as exc:
                 # The retry module already tried hard; keep the draft and wait, never drop it.
                 log.warning("batch %s: API unavailable (%s); waiting %.1fs", record.id, exc, delay)
@@ -123,19 +176,26 @@ class Submitter:
         input_file_id = record.input_file_id
         if record.state != "uploaded" or input_file_id is None:
             raise BatchApiError(f"batch {record.id} cannot be submitted from {record.state}")
+        deadline = await self._still_ours(record)
+        if deadline is None:
+            return
         if record.id in self.suspect:
             found = await self._find_remote(record)
             self.suspect.discard(record.id)
             if found is not None:
                 await self._budget.reserve(record.model, record.estimated_tokens)
-                record = await ctx.record_batch(
-                    record, state="submitted", remote_batch_id=found[0], remote_status=found[1]
-                )
+                try:
+                    record = await ctx.record_batch(
+                        record, fenced=True, state="submitted", remote_batch_id=found[0],
+                        remote_status=found[1],
+                    )
+                except StaleClaimError:
+                    await self._budget.release(record.model, record.estimated_tokens)
+                    await self._let_go(record)
+                    return
                 log.info("batch %s: re-attached to remote %s", record.id, found[0])
                 await self._track(record)
                 return
-        if not await self._still_ours(record):
-            return
         # -- cost ceiling (operator): a refused batch is given back by admit() itself --------
         if self.admit is not None and not await self.admit(record):
             return
@@ -146,6 +206,7 @@ class Submitter:
                 input_file_id,
                 record.endpoint,
                 {"engine_batch": record.id, "engine_job": ctx.job.name},
+                deadline=deadline,
             )
         except BaseException:
             await self._budget.release(record.model, record.estimated_tokens)
@@ -153,28 +214,47 @@ class Submitter:
             self.suspect.add(record.id)
             raise
         crash_point("after_create")
-        record = await ctx.record_batch(
-            record, state="submitted", remote_batch_id=batch.id, remote_status=batch.status
-        )
+        try:
+            record = await ctx.record_batch(
+                record, fenced=True, state="submitted", remote_batch_id=batch.id,
+                remote_status=batch.status,
+            )
+        except StaleClaimError:
+            # Adopted while the create was in flight: the adopter waits out our request
+            # timeout, then finds this remote batch by its metadata and tracks it.
+            await self._budget.release(record.model, record.estimated_tokens)
+            log.warning("batch %s: created remote %s after another worker took it over; "
+                        "that worker goes on with it", record.id, batch.id,
+                        extra={"batch_id": record.id, "remote_batch_id": batch.id})
+            await self._let_go(record)
+            return
         ctx.batches_submitted += 1
         await self._track(record)
 
-    async def _still_ours(self, record: BatchRecord) -> bool:
-        """Renew this batch's lease right before create; False (and let go) if it was lost.
+    async def _still_ours(self, record: BatchRecord) -> float | None:
+        """Renew this batch's lease right before create; return when it runs out, or None.
 
         A worker whose lease lapsed (a long stall, a slow API) may find its draft adopted and
         submitted by another worker; creating it too would put the same rows in two live
-        batches. The fresh lease also covers the create call itself.
+        batches. The returned time.monotonic() deadline is taken before the renewal, so it is
+        never later than the lease the database granted; no create attempt starts after it.
         """
         ctx = self._ctx
+        started = time.monotonic()
         lost = await ctx.store.renew_batch_leases(ctx.worker_id, [record.id], ctx.settings.lease_s)
         if not lost:
-            return True
+            return started + ctx.settings.lease_s
         log.warning("batch %s: lease lost to another worker; not creating it", record.id,
                     extra={"batch_id": record.id})
+        await self._let_go(record)
+        return None
+
+    async def _let_go(self, record: BatchRecord) -> None:
+        """Stop handling a batch another worker owns now."""
+        self.suspect.discard(record.id)
+        self.not_before.pop(record.id, None)
         # The spool stays: the new owner may be reading the same file on this machine.
-        await ctx.done_with(record.id)
-        return False
+        await self._ctx.done_with(record.id)
 
     async def _find_remote(self, record: BatchRecord) -> tuple[str, str] | None:
         """Return (remote id, status) of a live or finished remote batch made for this record."""

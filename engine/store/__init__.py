@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from engine.store.models import (
+    Adopted,
     ApplyOutcome,
     ApplyRow,
     BatchRecord,
@@ -13,6 +14,7 @@ from engine.store.models import (
 from engine.store.store import Store
 
 __all__ = [
+    "Adopted",
     "ApplyOutcome",
     "ApplyRow",
     "BatchRecord",

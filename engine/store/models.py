@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 __all__ = [
+    "Adopted",
     "ApplyOutcome",
     "ApplyRow",
     "BatchRecord",
@@ -104,3 +105,10 @@ class BatchRecord:
     created_at: datetime | None = None
     updated_at: datetime | None = None
     lease_expires_at: datetime | None = None
+
+
+class Adopted(NamedTuple):
+    """A batch this worker just took over, and the worker that held it before."""
+
+    record: BatchRecord
+    previous_worker: str | None

@@ -29,6 +29,7 @@ from engine.retry import retry_store
 from engine.settings import StoreSettings
 from engine.store.dialects import Dialect, detect_dialect, get_dialect
 from engine.store.models import (
+    Adopted,
     ApplyOutcome,
     ApplyRow,
     BatchRecord,
@@ -858,10 +859,14 @@ class Store:
             bound += len(rows)
         return bound
 
-    async def update_batch(self, batch_id: str, **fields: Any) -> None:
+    async def update_batch(
+        self, batch_id: str, *, owner: str | None = None, **fields: Any
+    ) -> None:
         """Record a batch transition: set the given BatchRecord fields and updated_at.
 
         Fields are BatchRecord attribute names (state, remote_batch_id, input_file_id, ...).
+        With ``owner``, the write is fenced: StaleClaimError when another worker holds the
+        batch now (it adopted it after this worker's lease ran out).
         """
         unknown = sorted(set(fields) - _UPDATABLE)
         if unknown:
@@ -882,8 +887,18 @@ class Store:
             params.append(value)
         sets.append(f"{c('updated_at')} = {self.dialect.now}")
         sql = f"UPDATE {self.tables.batches} SET {', '.join(sets)} WHERE {c('id')} = ?"
+        d = self.dialect
+        holder = (
+            f"SELECT {c('worker_id')} FROM {self.tables.batches}{d.lock_hint} "
+            f"WHERE {c('id')} = ?{d.lock_suffix}"
+        )
 
         async def work(conn: Connection) -> None:
+            if owner is not None:
+                found = await conn.fetchall(holder, [batch_id])
+                if not found or found[0][0] != owner:
+                    now = found[0][0] if found else None
+                    raise StaleClaimError(f"batch {batch_id}: held by {now!r}, not {owner!r}")
             await conn.execute(sql, [*params, batch_id])
 
         await self._tx(work)
@@ -951,18 +966,20 @@ class Store:
 
     async def adopt_batches(
         self, job: JobSpec, worker_id: str, lease_s: float, states: Sequence[str]
-    ) -> list[BatchRecord]:
+    ) -> list[Adopted]:
         """Take over batches in ``states`` that are this worker's or whose lease expired.
 
         Sets worker and a new lease atomically (two workers never adopt the same batch) and
-        returns them. Used at start-up and periodically, so a dead worker's batches go on.
+        returns them with the worker that held each before. Used at start-up and
+        periodically, so a dead worker's batches go on.
         """
         if not states:
             return []
         c, d, batches = self._c, self.dialect, self.tables.batches
         pick = (
             d.limit(
-                f"SELECT {d.top(_CHUNK)}{c('id')} FROM {batches}{d.skip_locked_hint} "
+                f"SELECT {d.top(_CHUNK)}{c('id')}, {c('worker_id')} "
+                f"FROM {batches}{d.skip_locked_hint} "
                 f"WHERE {c('job')} = ? AND {c('state')} IN ({_marks(len(states))}) "
                 f"AND ({c('worker_id')} = ? OR {c('worker_id')} IS NULL "
                 f"OR {c('lease_expires_at')} IS NULL OR {c('lease_expires_at')} <= {d.now}) "
@@ -971,11 +988,15 @@ class Store:
             )
             + d.skip_locked_suffix
         )
+        previous: dict[str, str | None] = {}
 
         async def work(conn: Connection) -> list[tuple[Any, ...]]:
-            ids = [str(r[0]) for r in await conn.fetchall(pick, [job.name, *states, worker_id])]
-            if not ids:
+            previous.clear()
+            picked = await conn.fetchall(pick, [job.name, *states, worker_id])
+            previous.update({str(r[0]): (None if r[1] is None else str(r[1])) for r in picked})
+            if not previous:
                 return []
+            ids = list(previous)
             marks = _marks(len(ids))
             await conn.execute(
                 f"UPDATE {batches} SET {c('worker_id')} = ?, "
@@ -985,7 +1006,8 @@ class Store:
             )
             return await conn.fetchall(f"{self._batch_select()} WHERE {c('id')} IN ({marks})", ids)
 
-        return [self._record(r) for r in await self._tx(work)]
+        records = [self._record(r) for r in await self._tx(work)]
+        return [Adopted(r, previous.get(r.id)) for r in records]
 
     async def renew_batch_leases(
         self, worker_id: str, batch_ids: Sequence[str], lease_s: float

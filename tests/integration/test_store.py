@@ -461,14 +461,16 @@ async def test_adopt_batches(env: tuple[DbTarget, Store, JobSpec]) -> None:
         )
     finally:
         await other.close()
-    ids_a, ids_b = {r.id for r in a}, {r.id for r in b}
+    ids_a, ids_b = {r.record.id for r in a}, {r.record.id for r in b}
     assert not ids_a & ids_b
     assert ids_a | ids_b == {f"b{n}" for n in range(6)}
-    assert all(r.worker_id == "A" for r in a)
+    assert all(r.record.worker_id == "A" for r in a)
+    assert {r.previous_worker for r in [*a, *b]} == {"gone"}
     again = await store.adopt_batches(job, "C", 600, ["draft"])
     assert again == []
     mine = await store.adopt_batches(job, "A", 600, ["draft"])
-    assert {r.id for r in mine} == ids_a
+    assert {r.record.id for r in mine} == ids_a
+    assert {r.previous_worker for r in mine} == {"A"}
     lost = await store.renew_batch_leases("A", [*sorted(ids_a), "live"], 600)
     assert lost == ["live"]
 
@@ -536,6 +538,50 @@ async def test_real_lock_wait_is_transient(env: tuple[DbTarget, Store, JobSpec])
         with pytest.raises(TransientStoreError):
             await insert_same_key()
         assert short.pool.discarded == 1
+    finally:
+        cur.execute("ROLLBACK")
+        blocker.close()
+        await short.close()
+
+
+async def test_statement_timeout_while_blocked_is_transient(
+    env: tuple[DbTarget, Store, JobSpec],
+) -> None:
+    """A statement stopped by the query timeout (stuck behind a lock under load) is retried.
+
+    PostgreSQL reports 57014, MariaDB 1969, SQLite its busy timeout: the whole transaction
+    can run again once the blocker has gone.
+    """
+    db, _store, job = env
+    settings = settings_for(db.dialect, db.dsn, db.prefix, pool_size=1)
+    short = await Store.open(
+        StoreSettings(
+            dsn=settings.dsn,
+            dialect=settings.dialect,
+            pool_size=1,
+            query_timeout_s=1,
+            outage_s=0,
+            items_table=settings.items_table,
+            batches_table=settings.batches_table,
+            meta_table=settings.meta_table,
+        )
+    )
+    blocker = raw_connect(db.dialect, db.dsn)
+    try:
+        cur = blocker.cursor()
+        cur.execute("BEGIN IMMEDIATE" if db.dialect == "sqlite" else "BEGIN")
+        cur.execute(f"INSERT INTO {db.prefix}meta (name, value) VALUES ('stuck', 'held')")
+
+        async def insert_same_key() -> None:
+            async with short.pool.transaction() as conn:
+                await conn.execute(
+                    f"INSERT INTO {db.prefix}meta (name, value) VALUES ('stuck', 'wait')"
+                )
+
+        with pytest.raises(TransientStoreError) as info:
+            await insert_same_key()
+        assert short.pool.discarded == 1
+        assert job.name not in str(info.value)
     finally:
         cur.execute("ROLLBACK")
         blocker.close()
