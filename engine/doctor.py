@@ -7,7 +7,6 @@ the ODBC driver, the engine's tables, the source table and columns, the API and 
 from __future__ import annotations
 
 import argparse
-import re
 from collections.abc import Callable
 from typing import Any
 
@@ -16,7 +15,6 @@ from engine.settings import ApiSettings, StoreSettings, redact_dsn
 
 __all__ = ["run_checks"]
 
-_DRIVER = re.compile(r"(?i)(?:^|;)\s*driver\s*=\s*(\{[^}]*\}|[^;]*)")
 
 
 def _line(ok: bool, name: str, detail: str, *, warn: bool = False) -> bool:
@@ -43,12 +41,6 @@ def _pricing_line(spec: Any) -> None:
           f"tokens, x{BATCH_DISCOUNT} in batches")
 
 
-def driver_name(dsn: str) -> str | None:
-    """Return the Driver= attribute of an ODBC connection string, without braces."""
-    match = _DRIVER.search(dsn)
-    return match.group(1).strip().strip("{}") if match else None
-
-
 async def run_checks(
     args: argparse.Namespace,
     load: Callable[[argparse.Namespace], Any],
@@ -59,6 +51,7 @@ async def run_checks(
 
     from engine.batch_api import BatchApi
     from engine.store import Store
+    from engine.store.dialects import driver_name
 
     try:
         loaded = load(args)

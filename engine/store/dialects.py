@@ -26,11 +26,13 @@ __all__ = [
     "PostgresDialect",
     "SqliteDialect",
     "detect_dialect",
+    "driver_name",
     "get_dialect",
     "validate_identifier",
 ]
 
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_DRIVER = re.compile(r"(?i)(?:^|;)\s*driver\s*=\s*(\{[^}]*\}|[^;]*)")
 # pyodbc puts the driver's native code only inside the message: "... text (1213) (SQLExecDirectW)"
 _NATIVE = re.compile(r"\((-?\d+)\)\s*\(SQL\w+\)\s*$")
 
@@ -429,13 +431,15 @@ def get_dialect(name: str) -> Dialect:
         ) from None
 
 
+def driver_name(dsn: str) -> str | None:
+    """Return the Driver= attribute of an ODBC connection string, without braces."""
+    match = _DRIVER.search(dsn)
+    return match.group(1).strip().strip("{}").strip() if match else None
+
+
 def detect_dialect(dsn: str) -> str:
     """Name the dialect from the DSN's Driver= attribute; ConfigError when it cannot."""
-    driver = ""
-    for part in dsn.split(";"):
-        key, sep, value = part.partition("=")
-        if sep and key.strip().lower() == "driver":
-            driver = value.strip().strip("{}").lower()
+    driver = (driver_name(dsn) or "").lower()
     if not driver:
         raise ConfigError("dialect: the DSN names no Driver=; set the dialect explicitly")
     if "sql server" in driver or "freetds" in driver or "tds" in driver:

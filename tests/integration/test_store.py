@@ -468,9 +468,10 @@ async def test_adopt_batches(env: tuple[DbTarget, Store, JobSpec]) -> None:
     assert {r.previous_worker for r in [*a, *b]} == {"gone"}
     again = await store.adopt_batches(job, "C", 600, ["draft"])
     assert again == []
-    mine = await store.adopt_batches(job, "A", 600, ["draft"])
-    assert {r.record.id for r in mine} == ids_a
-    assert {r.previous_worker for r in mine} == {"A"}
+    for name, held in (("A", ids_a), ("B", ids_b)):  # SQLite may hand all six to one of them
+        mine = await store.adopt_batches(job, name, 600, ["draft"])
+        assert {r.record.id for r in mine} == held
+        assert all(r.previous_worker == name for r in mine)
     lost = await store.renew_batch_leases("A", [*sorted(ids_a), "live"], 600)
     assert lost == ["live"]
 

@@ -221,7 +221,10 @@ async def scenario_database_unreachable(target: DbTarget, tmp_path: Path, outage
                     await proxy.outage(outage_s)
                     outages += 1
             ended = await harness.finish(proc)
-            assert outages > 0, "the run ended before the database went away"
+            assert outages > 0, (
+                f"the run ended (exit {ended.code}) before the database went away: "
+                f"{ended.stderr[-2000:]}"
+            )
             assert ended.code == 0, ended.stderr[-3000:]
             figures = harness.measure(target, emu, 0)
             assert figures.problems() == [], figures

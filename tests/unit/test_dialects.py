@@ -11,7 +11,13 @@ from engine.errors import ConfigError, IdentifierError, StoreError, TransientSto
 from engine.job import ColumnMapping, JobSpec, SourceSpec
 from engine.settings import StoreSettings
 from engine.store import Store
-from engine.store.dialects import detect_dialect, get_dialect, native_code, validate_identifier
+from engine.store.dialects import (
+    detect_dialect,
+    driver_name,
+    get_dialect,
+    native_code,
+    validate_identifier,
+)
 
 
 def _mssql_store() -> Store:
@@ -62,6 +68,19 @@ def _parse(sql: str) -> list[exp.Expression]:
 )
 def test_detect_dialect(dsn: str, dialect: str) -> None:
     assert detect_dialect(dsn) == dialect
+
+
+@pytest.mark.parametrize(
+    ("dsn", "driver"),
+    [
+        ("Driver={ODBC Driver 18 for SQL Server};Server=db;Pwd=x", "ODBC Driver 18 for SQL Server"),
+        ("Server=db; driver = MariaDB Unicode ;Port=3306", "MariaDB Unicode"),
+        ("DSN=prod;Uid=u;Pwd=secret", None),
+        ("Database=drivers.db;Driver=SQLite3", "SQLite3"),
+    ],
+)
+def test_driver_name(dsn: str, driver: str | None) -> None:
+    assert driver_name(dsn) == driver
 
 
 def test_detect_dialect_needs_driver() -> None:
