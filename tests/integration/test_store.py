@@ -112,16 +112,19 @@ def drop_tables(dialect: str, dsn: str, prefix: str, names: list[str]) -> None:
         conn.close()
 
 
-def settings_for(dialect: str, dsn: str, prefix: str, pool_size: int = 3) -> StoreSettings:
-    """Store settings with per-test table names."""
+def settings_for(
+    dialect: str, dsn: str, prefix: str, pool_size: int = 3, **overrides: Any
+) -> StoreSettings:
+    """Store settings with per-test table names (overrides: query_timeout_s, outage_s, ...)."""
+    values: dict[str, Any] = {"query_timeout_s": 30, **overrides}
     return StoreSettings(
         dsn=dsn,
         dialect=dialect,  # type: ignore[arg-type]
         pool_size=pool_size,
-        query_timeout_s=30,
         items_table=f"{prefix}items",
         batches_table=f"{prefix}batches",
         meta_table=f"{prefix}meta",
+        **values,
     )
 
 
@@ -505,16 +508,10 @@ async def test_injected_deadlock_is_retried(
 
 async def test_real_lock_wait_is_transient(env: tuple[DbTarget, Store, JobSpec]) -> None:
     db, _store, job = env
-    settings = settings_for(db.dialect, db.dsn, db.prefix, pool_size=1)
     short = await Store.open(
-        StoreSettings(
-            dsn=settings.dsn,
-            dialect=settings.dialect,
-            pool_size=1,
+        settings_for(
+            db.dialect, db.dsn, db.prefix, pool_size=1,
             query_timeout_s=5 if db.dialect == "mysql" else 1,
-            items_table=settings.items_table,
-            batches_table=settings.batches_table,
-            meta_table=settings.meta_table,
         )
     )
     set_wait = {
@@ -554,18 +551,8 @@ async def test_statement_timeout_while_blocked_is_transient(
     can run again once the blocker has gone.
     """
     db, _store, job = env
-    settings = settings_for(db.dialect, db.dsn, db.prefix, pool_size=1)
     short = await Store.open(
-        StoreSettings(
-            dsn=settings.dsn,
-            dialect=settings.dialect,
-            pool_size=1,
-            query_timeout_s=1,
-            outage_s=0,
-            items_table=settings.items_table,
-            batches_table=settings.batches_table,
-            meta_table=settings.meta_table,
-        )
+        settings_for(db.dialect, db.dsn, db.prefix, pool_size=1, query_timeout_s=1, outage_s=0)
     )
     blocker = raw_connect(db.dialect, db.dsn)
     try:
