@@ -277,20 +277,26 @@ async def test_thousand_rows_with_batches_overlapping_in_time(
 async def test_cancelled_batch_applies_partial_results_and_retries_the_rest_free(
     sqlite_db: DbTarget, tmp_path: Path
 ) -> None:
-    async with Emulator(EmulatorConfig(seed=9, rate_rps=40)) as emu:
+    # 40 lines at 10 per second: cancelled as soon as one is done, the batch is partial on
+    # any machine (a fixed sleep could catch it with none done when the machine is loaded).
+    async with Emulator(EmulatorConfig(seed=9, rate_rps=10)) as emu:
         job, store_settings = await prepared(sqlite_db, [f"text {i}" for i in range(40)])
         settings = fast_settings(tmp_path, batch_size=40, max_attempts=1)
         async with Engine(job, store=store_settings, api=api_for(emu), settings=settings) as eng:
             record = await eng.submit_one()
             assert record is not None
             assert record.remote_batch_id is not None
-            await asyncio.sleep(0.3)  # let the emulator finish part of the batch
+            async with asyncio.timeout(20):
+                while True:
+                    remote = await eng.api.retrieve_batch(record.remote_batch_id)
+                    counts_now = remote.request_counts
+                    if counts_now is not None and counts_now.completed > 0:
+                        break
+                    await asyncio.sleep(0.02)
             await eng.cancel_batch(record.remote_batch_id)
-            for _ in range(200):
-                checked = await eng.check_batch(record.id)
-                if checked.state == "applied":
-                    break
-                await asyncio.sleep(0.02)
+            async with asyncio.timeout(20):
+                while (checked := await eng.check_batch(record.id)).state != "applied":
+                    await asyncio.sleep(0.02)
             assert checked.remote_status == "cancelled"
             counts = await eng.store.counts(job.name)
             assert 0 < counts["done"] < 40
