@@ -107,6 +107,7 @@ class Submitter:
                 if wait_s > 0:
                     self._requeue_later(record, wait_s)
                     continue
+                self.not_before.pop(record.id, None)
                 await self.submit(record)
         finally:
             for task in self._later:
