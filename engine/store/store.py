@@ -23,7 +23,13 @@ from typing import Any, TypeVar
 
 import orjson
 
-from engine.errors import ConfigError, DataFitError, StaleClaimError, StoreError
+from engine.errors import (
+    ConfigError,
+    DataFitError,
+    StaleClaimError,
+    StoreError,
+    TransientStoreError,
+)
 from engine.job import JobSpec
 from engine.retry import retry_store
 from engine.settings import StoreSettings
@@ -255,7 +261,7 @@ class Store:
             async with self._sqlite_writer, self.pool.transaction() as conn:
                 return await work(conn)
 
-        return await retry_store(attempt, budget_s=self.settings.outage_s)
+        return await self._retried(attempt, work)
 
     async def _read(self, work: Callable[[Connection], Awaitable[T]]) -> T:
         """Run read-only work on a pooled connection, retried on transient errors."""
@@ -264,7 +270,18 @@ class Store:
             async with self.pool.acquire() as conn:
                 return await work(conn)
 
-        return await retry_store(attempt, budget_s=self.settings.outage_s)
+        return await self._retried(attempt, work)
+
+    async def _retried(self, attempt: Callable[[], Awaitable[T]], work: object) -> T:
+        """Run attempt through retry_store; when it gives up, log which operation it was."""
+        try:
+            return await retry_store(attempt, budget_s=self.settings.outage_s)
+        except TransientStoreError as exc:
+            # The exception text is the database's; the operation is what an operator needs.
+            operation = getattr(work, "__qualname__", "?").split(".<locals>")[0]
+            log.error("store: %s gave up after retrying (outage_s=%g): %s",
+                      operation, self.settings.outage_s, exc)
+            raise
 
     # -- SQL (pure functions of dialect and names; public so SQL Server's can be checked) ---------
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
+import logging
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -14,6 +16,7 @@ from typing import Any
 import pyodbc
 import pytest
 
+import engine.store.store as store_module
 from engine.errors import (
     DataFitError,
     IdentifierError,
@@ -504,6 +507,30 @@ async def test_injected_deadlock_is_retried(
     assert len(items) == 5
     assert calls["n"] >= 2
     assert store.pool.discarded >= 1
+
+
+async def test_giving_up_names_the_operation(
+    env: tuple[DbTarget, Store, JobSpec],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    db, _store, job = env
+    quick = functools.partial(store_module.retry_store, attempts=2, initial_s=0.001, max_s=0.001)
+    monkeypatch.setattr(store_module, "retry_store", quick)
+    store = await Store.open(settings_for(db.dialect, db.dsn, db.prefix, outage_s=0))
+
+    async def always_locked(self: Connection, *_args: Any, **_kwargs: Any) -> Any:
+        raise TransientStoreError("database is locked")
+
+    monkeypatch.setattr(Connection, "fetchall", always_locked)
+    try:
+        with caplog.at_level(logging.ERROR, logger="engine.store"), pytest.raises(
+            TransientStoreError
+        ):
+            await store.claim(job, "w", 5, 60)
+    finally:
+        await store.close()
+    assert "Store.claim gave up" in caplog.text
 
 
 async def test_real_lock_wait_is_transient(env: tuple[DbTarget, Store, JobSpec]) -> None:
