@@ -52,6 +52,9 @@ from engine.settings import ApiSettings
 __all__ = ["BatchApi"]
 
 log = logging.getLogger("engine.batch_api")
+# A create carries a few hundred bytes and returns at once (validation runs later), so it gets
+# a bound of its own, well under the long timeout uploads of up to 200 MB need.
+CREATE_TIMEOUT_S = 60.0
 T = TypeVar("T")
 
 _KEY_LIKE = re.compile(r"(sk-[A-Za-z0-9_\-*]{2})[A-Za-z0-9_\-*]{6,}")
@@ -254,9 +257,13 @@ class BatchApi:
     # -- batches -----------------------------------------------------------------------
 
     @property
-    def request_timeout_s(self) -> float:
-        """How long one HTTP request may take before the client gives up on it."""
-        return float(self._settings.timeout_s)
+    def create_timeout_s(self) -> float:
+        """How long one ``batches.create`` request may take before the client gives up on it.
+
+        Shorter than uploads may take: a worker adopting a batch waits this long for a create
+        the previous owner may still have in flight.
+        """
+        return min(float(self._settings.timeout_s), CREATE_TIMEOUT_S)
 
     async def create_batch(
         self,
@@ -294,6 +301,7 @@ class BatchApi:
                     endpoint=endpoint,  # type: ignore[arg-type]
                     completion_window="24h",
                     metadata=metadata,
+                    timeout=self.create_timeout_s,
                 )
             except openai.APIStatusError as exc:
                 ambiguous = ambiguous or exc.status_code >= 500

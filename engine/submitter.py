@@ -8,8 +8,8 @@ the ``engine_batch`` metadata of recent remote batches.
 Leases keep two workers from creating the same batch. The lease is renewed right before
 ``create``, no create attempt starts after it would have run out, and the id is saved only
 while the lease is still ours. A worker that adopts an uploaded batch from another worker
-waits one API request timeout before it looks for (or creates) the remote batch, so a create
-the other worker had in flight has landed and is found instead of doubled.
+waits one create timeout (at most 60 s) before it looks for (or creates) the remote batch, so
+a create the other worker had in flight has landed and is found instead of doubled.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ log = logging.getLogger("engine.submitter")
 # How far back recovery looks among remote batches for one created but never recorded.
 RECOVERY_LOOKBACK_S = 6 * 3600
 RECOVERY_MAX_PAGES = 20
-# Added to the API request timeout before an adopted batch may be looked for or created.
+# Added to the create timeout before an adopted batch may be looked for or created.
 ADOPT_SETTLE_MARGIN_S = 5.0
 
 
@@ -116,7 +116,7 @@ class Submitter:
     def adopted_from(self, record: BatchRecord, worker: str) -> None:
         """Hold an uploaded batch adopted from ``worker`` until its creates can have landed."""
         self.suspect.add(record.id)
-        settle_s = self._ctx.api.request_timeout_s + ADOPT_SETTLE_MARGIN_S
+        settle_s = self._ctx.api.create_timeout_s + ADOPT_SETTLE_MARGIN_S
         self.not_before[record.id] = time.monotonic() + settle_s
         log.info(
             "batch %s: adopted from %s after upload; waiting %.0fs for any create it had in "

@@ -480,3 +480,23 @@ async def test_cancel_of_a_finished_batch_returns_its_state_without_retrying(
         assert batch.status == "completed"
         again = await api.cancel_batch(batch.id)
     assert again.status == "completed"
+
+
+@pytest.mark.parametrize(("timeout_s", "create_timeout_s"), [(600.0, 60.0), (10.0, 10.0)])
+async def test_create_has_its_own_short_timeout(
+    monkeypatch: pytest.MonkeyPatch, timeout_s: float, create_timeout_s: float
+) -> None:
+    """Uploads keep the long timeout; a create is bounded, so adopters know how long to wait."""
+    settings = ApiSettings(api_key="sk-test", base_url="http://127.0.0.1:9/v1", timeout_s=timeout_s)
+    seen: dict[str, Any] = {}
+    async with BatchApi(settings) as api:
+
+        async def create(**kwargs: Any) -> Any:
+            seen.update(kwargs)
+            raise asyncio.CancelledError  # stop here: nothing listens on port 9
+
+        monkeypatch.setattr(api._client.batches, "create", create)
+        with pytest.raises(asyncio.CancelledError):
+            await api.create_batch("file-1", "/v1/chat/completions", {"engine_batch": "b"})
+        assert api.create_timeout_s == create_timeout_s
+        assert seen["timeout"] == create_timeout_s
