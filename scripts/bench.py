@@ -43,6 +43,10 @@ import pyodbc
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+# The server DSNs (ENGINE_TEST_PG_DSN, ENGINE_TEST_MYSQL_DSN) are bench_store.py's, beside this
+# file (the script's own folder is first on sys.path).
+from bench_store import DSNS  # noqa: E402
+
 from engine.batch_api import BatchApi  # noqa: E402
 from engine.emulator import Emulator, EmulatorConfig  # noqa: E402
 from engine.engine import Engine  # noqa: E402
@@ -53,16 +57,6 @@ from engine.results import ResultParser  # noqa: E402
 from engine.settings import ApiSettings, EngineSettings, StoreSettings  # noqa: E402
 from engine.store import Store  # noqa: E402
 
-DSNS = {
-    "postgresql": os.environ.get(
-        "ENGINE_TEST_PG_DSN",
-        "Driver={PostgreSQL Unicode};Server=127.0.0.1;Port=5432;Database=test;Uid=postgres;",
-    ),
-    "mysql": os.environ.get(
-        "ENGINE_TEST_MYSQL_DSN",
-        "Driver={MariaDB Unicode};Server=127.0.0.1;Port=3306;Database=test;Uid=root;Pwd=;",
-    ),
-}
 TYPES = {
     "sqlite": {"int": "INTEGER", "text": "TEXT", "ts": "TIMESTAMP", "short": "VARCHAR(200)"},
     "postgresql": {"int": "INTEGER", "text": "TEXT", "ts": "TIMESTAMP", "short": "VARCHAR(200)"},

@@ -765,17 +765,13 @@ class Store:
             f"WHERE {c('job')} = ? AND {c('source_key')} = ? AND {c('state')} = 'claimed'"
         )
         job_name = record.job
-        existing = (
-            f"SELECT {c('job')}, {c('worker_id')} FROM {self.tables.batches}{d.lock_hint} "
-            f"WHERE {c('id')} = ?{d.lock_suffix}"
-        )
         count_bound = (
             f"SELECT COUNT(*) FROM {self.tables.items} WHERE {c('batch_id')} = ? "
             f"AND {c('job')} = ?"
         )
 
         async def work(conn: Connection) -> int:
-            found = await conn.fetchall(existing, [record.id])
+            found = await conn.fetchall(self._lock_batch_sql(), [record.id])
             if not found:
                 await conn.execute(insert, [*values, d.lease_param(lease_s)])
                 return await bind_items(conn)
@@ -904,21 +900,24 @@ class Store:
             params.append(value)
         sets.append(f"{c('updated_at')} = {self.dialect.now}")
         sql = f"UPDATE {self.tables.batches} SET {', '.join(sets)} WHERE {c('id')} = ?"
-        d = self.dialect
-        holder = (
-            f"SELECT {c('worker_id')} FROM {self.tables.batches}{d.lock_hint} "
-            f"WHERE {c('id')} = ?{d.lock_suffix}"
-        )
 
         async def work(conn: Connection) -> None:
             if owner is not None:
-                found = await conn.fetchall(holder, [batch_id])
-                if not found or found[0][0] != owner:
-                    now = found[0][0] if found else None
-                    raise StaleClaimError(f"batch {batch_id}: held by {now!r}, not {owner!r}")
+                found = await conn.fetchall(self._lock_batch_sql(), [batch_id])
+                holder = found[0][1] if found else None
+                if holder != owner:
+                    raise StaleClaimError(f"batch {batch_id}: held by {holder!r}, not {owner!r}")
             await conn.execute(sql, [*params, batch_id])
 
         await self._tx(work)
+
+    def _lock_batch_sql(self) -> str:
+        """Lock one batch row and read its (job, worker_id) (param: id)."""
+        c, d = self._c, self.dialect
+        return (
+            f"SELECT {c('job')}, {c('worker_id')} FROM {self.tables.batches}{d.lock_hint} "
+            f"WHERE {c('id')} = ?{d.lock_suffix}"
+        )
 
     def _batch_select(self) -> str:
         """SELECT of every batch column (no WHERE)."""

@@ -809,14 +809,11 @@ def test_other_errors_stay_fatal(dialect: str, sqlstate: str, message: str) -> N
     assert not isinstance(error, TransientStoreError | DataFitError), error
 
 
-async def test_create_draft_retried_after_its_commit_landed(
-    env: tuple[DbTarget, Store, JobSpec], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # The connection is lost during COMMIT after the server committed: the retry must find
-    # its own batch row, not fail on the duplicate key, and bind nothing twice.
-    _db, store, job = env
-    await store.discover(job)
-    items = await store.claim(job, "w", 5, 600)
+def _lose_first_commit(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
+    """Make the first COMMIT land on the server and then report a lost connection.
+
+    Returns the commit counter; ``monkeypatch.undo()`` puts the real commit back.
+    """
     real_commit = Connection.commit
     commits = {"n": 0}
 
@@ -828,10 +825,22 @@ async def test_create_draft_retried_after_its_commit_landed(
             raise TransientStoreError("connection lost during COMMIT (injected)")
 
     monkeypatch.setattr(Connection, "commit", commit_then_lose)
+    return commits
+
+
+async def test_create_draft_retried_after_its_commit_landed(
+    env: tuple[DbTarget, Store, JobSpec], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The connection is lost during COMMIT after the server committed: the retry must find
+    # its own batch row, not fail on the duplicate key, and bind nothing twice.
+    _db, store, job = env
+    await store.discover(job)
+    items = await store.claim(job, "w", 5, 600)
+    commits = _lose_first_commit(monkeypatch)
     wanted = [(i.key, i.claim_token, f"cid-{i.key}") for i in items]
     assert await store.create_draft(_record(job, "b-amb", "w"), wanted, 600) == 5
     assert commits["n"] == 2  # the whole transaction did run again
-    monkeypatch.setattr(Connection, "commit", real_commit)
+    monkeypatch.undo()
     again = [(k, t, f"other-{k}") for k, t, _ in wanted]
     assert await store.create_draft(_record(job, "b-amb", "w"), again, 600) == 5
     got = await store.batch_items("b-amb")
@@ -847,19 +856,9 @@ async def test_claim_retried_after_its_commit_landed(
     # The retry must return the rows the landed attempt claimed, not strand them claimed.
     _db, store, job = env
     await store.discover(job)
-    real_commit = Connection.commit
-    commits = {"n": 0}
-
-    async def commit_then_lose(self: Connection) -> None:
-        await real_commit(self)
-        commits["n"] += 1
-        if commits["n"] == 1:
-            self.broken = True
-            raise TransientStoreError("connection lost during COMMIT (injected)")
-
-    monkeypatch.setattr(Connection, "commit", commit_then_lose)
+    commits = _lose_first_commit(monkeypatch)
     items = await store.claim(job, "w", 5, 600)
-    monkeypatch.setattr(Connection, "commit", real_commit)
+    monkeypatch.undo()
     assert commits["n"] == 2
     assert len(items) == 5
     assert (await store.counts(job.name))["claimed"] == 5
