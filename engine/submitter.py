@@ -91,27 +91,23 @@ class Submitter:
         # Local id -> time.monotonic() before which it must not be looked for or created: an
         # uploaded batch adopted from another worker whose create may still be in flight.
         self.not_before: dict[str, float] = {}
-        self._later: set[asyncio.Task[None]] = set()
         # Operator feature (engine.engine.CostCeiling): False refuses a batch before create.
         self.admit: Callable[[BatchRecord], Awaitable[bool]] | None = None
 
     async def run(self) -> None:
         """Submit whatever arrives until the engine stops."""
         ctx = self._ctx
-        try:
-            while not ctx.stopping.is_set():
-                record = await get_or_stop(self._inbox, ctx.stopping)
-                if record is None:
-                    return
-                wait_s = self.not_before.get(record.id, 0.0) - time.monotonic()
-                if wait_s > 0:
-                    self._requeue_later(record, wait_s)
-                    continue
-                self.not_before.pop(record.id, None)
-                await self.submit(record)
-        finally:
-            for task in self._later:
-                task.cancel()
+        while not ctx.stopping.is_set():
+            record = await get_or_stop(self._inbox, ctx.stopping)
+            if record is None:
+                return
+            wait_s = self.not_before.get(record.id, 0.0) - time.monotonic()
+            if wait_s > 0:
+                # Back in the (unbounded) inbox later, as the writer does; others go on.
+                asyncio.get_running_loop().call_later(wait_s, self._inbox.put_nowait, record)
+                continue
+            self.not_before.pop(record.id, None)
+            await self.submit(record)
 
     def adopted_from(self, record: BatchRecord, worker: str) -> None:
         """Hold an uploaded batch adopted from ``worker`` until its creates can have landed."""
@@ -123,17 +119,6 @@ class Submitter:
             "flight before looking for it", record.id, worker, settle_s,
             extra={"batch_id": record.id},
         )
-
-    def _requeue_later(self, record: BatchRecord, wait_s: float) -> None:
-        """Put a held batch back in the inbox once its wait is over (others go on meanwhile)."""
-
-        async def later() -> None:
-            if not await sleep_or_stop(wait_s, self._ctx.stopping):
-                await self._inbox.put(record)
-
-        task = asyncio.create_task(later(), name=f"hold-{record.id}")
-        self._later.add(task)
-        task.add_done_callback(self._later.discard)
 
     async def submit(self, record: BatchRecord) -> None:
         """Upload and create until the batch is live, abandoned, or the engine stops."""
