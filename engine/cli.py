@@ -137,7 +137,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="claim, submit, poll and apply until stopped or done")
     _add_common(p)
     _add_engine_flags(p)
-    p.add_argument("--until-idle", action="store_true", help="return when nothing is pending")
+    p.add_argument(
+        "--until-idle", action="store_true",
+        help="return when nothing is pending and nothing is in flight for the job; work of "
+        "workers that stopped (no heartbeat for worker_dead_after_s, 30 s by default) is "
+        "taken over first, work of live workers is named on the last line",
+    )
     p.add_argument("--num-batches", type=int, default=None,
                    help="stop after this many new batches were submitted and applied")
     p.add_argument("--dry-run", action="store_true",
@@ -366,6 +371,12 @@ async def _cmd_run(args: argparse.Namespace) -> int:
         if args.max_cost_usd is not None:
             print(f"run: this run's cost ${summary.cost_usd:.4f} (batch prices, estimates for "
                   f"batches not applied) of max ${args.max_cost_usd:.4f}")
+        if summary.held_elsewhere:
+            # Last, so a script sees at once why an until-idle run left rows unfinished.
+            print("run: still held by live workers: " + "; ".join(
+                f"{h.worker_id or '-'} ({h.batches} batches, {h.rows} rows)"
+                for h in summary.held_elsewhere
+            ))
         return EXIT_OK
 
     return await _with_engine(args, body)

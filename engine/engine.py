@@ -23,7 +23,7 @@ import os
 import signal
 import socket
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -31,15 +31,16 @@ from types import TracebackType
 
 from engine.batch_api import BatchApi
 from engine.errors import ConfigError, EngineError, LifecycleError
+from engine.heartbeat import Heartbeat
 from engine.job import JobSpec
-from engine.pipeline import EngineEvent, InFlightSlots, PipelineContext
+from engine.pipeline import ADOPT_STATES, EngineEvent, InFlightSlots, PipelineContext
 from engine.poller import Poller
 from engine.pricing import cost as price_cost
 from engine.producer import CLAIM_CHUNK, Producer
 from engine.requests import InputRejected, RequestRenderer, parse_custom_id
 from engine.results import ResultParser, Usage
 from engine.settings import ApiSettings, EngineSettings, StoreSettings
-from engine.store import BatchRecord, ClaimedItem, RequeueRow, Store
+from engine.store import BatchRecord, ClaimedItem, Holding, RequeueRow, Store
 from engine.submitter import Submitter, TokenBudget
 from engine.writer import Writer
 
@@ -47,7 +48,6 @@ __all__ = ["CostCeiling", "DryRunReport", "Engine", "EngineEvent", "RunSummary"]
 
 log = logging.getLogger("engine.engine")
 
-ADOPT_STATES = ("draft", "uploaded", "submitted", "finished")
 EVENT_BUFFER = 10_000
 # Output tokens per request assumed when the job sets no max_output_tokens (estimates only).
 DEFAULT_OUTPUT_TOKENS = 1000
@@ -79,6 +79,8 @@ class RunSummary:
     stopped: bool = False
     cost_usd: float = 0.0  # this run's batches: applied at their cost, the rest estimated
     cost_ceiling: str | None = None  # why submission stopped at max_cost_usd, when it did
+    # Unfinished work other live workers held when an until-idle run ended.
+    held_elsewhere: tuple[Holding, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -405,6 +407,7 @@ class Engine:
             stopped=self._stopping.is_set(),
             cost_usd=await self._run_cost(ctx, ceiling),
             cost_ceiling=ceiling.tripped if ceiling is not None else None,
+            held_elsewhere=tuple(ctx.held_elsewhere),
         )
 
     async def _run_cost(self, ctx: PipelineContext, ceiling: CostCeiling | None) -> float:
@@ -433,6 +436,11 @@ class Engine:
         """
         ctx = self._ready_context()
         await self.check_api()
+        async with self._heartbeat(ctx).alive():
+            return await self._submit_one(ctx)
+
+    async def _submit_one(self, ctx: PipelineContext) -> BatchRecord | None:
+        """submit_one's work, while this worker's heartbeat says it is alive."""
         queue: asyncio.Queue[BatchRecord] = asyncio.Queue()
         producer = Producer(ctx, queue, until_idle=True, num_batches=1)
         draft = await producer.build_draft()
@@ -570,13 +578,14 @@ class Engine:
         )
         ctx.owned.add(record.id)
         try:
-            if record.state == "submitted" and record.remote_batch_id:
-                await poller.poll_once(record)
-            elif record.state == "finished":
-                finished.append(record)
-            if finished and apply:
-                await ctx.store.update_batch(record.id, worker_id=self.worker_id)
-                await writer.apply_batch(finished[0])
+            async with self._heartbeat(ctx).alive():
+                if record.state == "submitted" and record.remote_batch_id:
+                    await poller.poll_once(record)
+                elif record.state == "finished":
+                    finished.append(record)
+                if finished and apply:
+                    await ctx.store.update_batch(record.id, worker_id=self.worker_id)
+                    await writer.apply_batch(finished[0])
         finally:
             await self._hand_over(ctx)
         return await self.find_batch(record.id)
@@ -647,7 +656,9 @@ class Engine:
             return await self._adopt(ctx, submitter, submit_queue, poller, writer)
 
         poller = Poller(ctx, budget, finished=writer.accept, resubmit=resubmit, adopt=adopt)
-        producer = Producer(ctx, submit_queue, until_idle=until_idle, num_batches=num_batches)
+        producer = Producer(
+            ctx, submit_queue, until_idle=until_idle, num_batches=num_batches, adopt=adopt
+        )
         if ceiling is not None:
 
             def stop_producing() -> None:
@@ -658,6 +669,13 @@ class Engine:
             ceiling.on_trip = stop_producing
             submitter.admit = ceiling.admit
 
+        async def orphans_found() -> None:
+            ctx.work_changed.set()
+            await adopt()
+
+        heartbeat = self._heartbeat(ctx, orphans_found)
+        # The first beat also ends the leases of workers that died since they last beat.
+        await heartbeat.beat()
         # Claims under our own id are a crashed predecessor's: nothing else can hold them.
         await ctx.store.reap_expired(self.job, self.worker_id)
         adopted = await adopt()
@@ -676,6 +694,7 @@ class Engine:
             "submitter": submitter.run(),
             "poller": poller.run(),
             "writer": writer.run(),
+            "heartbeat": heartbeat.run(ctx.stopping),
         }
         try:
             async with asyncio.TaskGroup() as group:
@@ -693,6 +712,15 @@ class Engine:
             raise
         finally:
             await self._hand_over(ctx)
+            await heartbeat.forget()
+
+    def _heartbeat(
+        self, ctx: PipelineContext, on_orphans: Callable[[], Awaitable[None]] | None = None
+    ) -> Heartbeat:
+        """Return this worker's heartbeat over the context's store."""
+        return Heartbeat(
+            ctx.store, self.job, self.worker_id, self.settings, ADOPT_STATES, on_orphans
+        )
 
     async def _supervise(self, ctx: PipelineContext, producer_finished: asyncio.Event) -> None:
         """Wait for stop() or for the producer to finish and every owned batch to be applied."""

@@ -81,8 +81,8 @@ _TOP_KEYS = (
 )
 _DATABASE_KEYS = (
     "dsn", "driver", "server", "port", "database", "user", "password_env", "options", "dialect",
-    "items_table", "batches_table", "meta_table", "pool_size", "query_timeout_s",
-    "outage_s",
+    "items_table", "batches_table", "meta_table", "workers_table", "pool_size",
+    "query_timeout_s", "outage_s",
 )
 _SOURCE_KEYS = (
     "table", "key_column", "key_type", "text_columns", "processed_column", "filter",
@@ -674,7 +674,7 @@ def _database(raw: Any) -> DatabaseConfig:
             "database.password_env: the NAME of an environment variable, not a password"
         )
     store: dict[str, Any] = {}
-    for key in ("items_table", "batches_table", "meta_table"):
+    for key in ("items_table", "batches_table", "meta_table", "workers_table"):
         value = _str(table, key, "database")
         if value is not None:
             store[key] = _identifier(value, f"database.{key}", qualified=True)

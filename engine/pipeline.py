@@ -15,9 +15,10 @@ from engine.job import JobSpec
 from engine.requests import RequestRenderer
 from engine.results import ResultParser
 from engine.settings import EngineSettings
-from engine.store import BatchRecord, Store
+from engine.store import BatchRecord, Holding, Store
 
 __all__ = [
+    "ADOPT_STATES",
     "Draft",
     "EngineEvent",
     "EventKind",
@@ -26,6 +27,9 @@ __all__ = [
     "get_or_stop",
     "sleep_or_stop",
 ]
+
+# Batch states that still need a worker: a dead worker's batches in these states are adopted.
+ADOPT_STATES = ("draft", "uploaded", "submitted", "finished")
 
 log = logging.getLogger("engine.pipeline")
 T = TypeVar("T")
@@ -125,6 +129,8 @@ class PipelineContext:
     owned: set[str] = field(default_factory=set)
     batches_submitted: int = 0
     batches_applied: int = 0
+    # What other live workers still held when an until-idle run ended (for its last line).
+    held_elsewhere: list[Holding] = field(default_factory=list)
     counters: dict[str, int] = field(default_factory=dict)
 
     async def done_with(self, batch_id: str, *, expire_lease: bool = False) -> None:

@@ -11,10 +11,11 @@ import asyncio
 import logging
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from engine.faults import SimulatedCrash, crash_point
-from engine.pipeline import Draft, EngineEvent, PipelineContext
+from engine.pipeline import ADOPT_STATES, Draft, EngineEvent, PipelineContext
 from engine.requests import InputRejected
 from engine.store import BatchRecord, ClaimedItem, RequeueRow
 
@@ -42,11 +43,14 @@ class Producer:
         *,
         until_idle: bool,
         num_batches: int | None,
+        adopt: Callable[[], Awaitable[int]] | None = None,
     ) -> None:
         self._ctx = ctx
         self._queue = submit_queue
         self._until_idle = until_idle
         self._num_batches = num_batches
+        self._adopt = adopt
+        self._orphans_logged = False
         self.produced = 0
         self.idle = False
         self._quiet_since: float | None = None  # monotonic time of the last empty discovery
@@ -71,11 +75,39 @@ class Producer:
                 await self._queue.put(draft.record)
                 continue
             await ctx.slots.release()
-            if self._until_idle and others_in_flight == 0 and self._queue.empty():
+            if (
+                self._until_idle and others_in_flight == 0 and self._queue.empty()
+                and not await self._orphans_left()
+            ):
                 self.idle = True
                 ctx.emit(EngineEvent(kind="idle", job=ctx.job.name, message="nothing pending"))
                 return
             await self._wait_for_work()
+
+    async def _orphans_left(self) -> bool:
+        """Whether work of stopped workers is still to be taken over (so not idle yet).
+
+        Work held by live workers does not keep an until-idle run going; it is recorded for
+        the run's last line. Orphans (a dead worker's claims and batches, a lapsed lease)
+        are adopted here or claimed by the next draft.
+        """
+        ctx = self._ctx
+        held = await ctx.store.held_elsewhere(ctx.job, ctx.worker_id, ADOPT_STATES)
+        ctx.held_elsewhere = [h for h in held if h.alive]
+        orphans = [h for h in held if not h.alive]
+        if not orphans:
+            return False
+        if not self._orphans_logged:
+            self._orphans_logged = True
+            log.info(
+                "waiting to take over work of stopped workers: %s",
+                "; ".join(
+                    f"{h.worker_id or '-'} ({h.batches} batches, {h.rows} rows)" for h in orphans
+                ),
+            )
+        if self._adopt is not None:
+            await self._adopt()
+        return True
 
     async def _take_slot(self) -> bool:
         """Wait for an in-flight slot; False when the engine is stopping first."""

@@ -39,6 +39,7 @@ class StoreSettings:
     items_table: str = "engine_items"
     batches_table: str = "engine_batches"
     meta_table: str = "engine_meta"
+    workers_table: str = ""  # heartbeats; "" means "<items_table>_workers"
 
     def __post_init__(self) -> None:
         """Reject settings that cannot work, naming the one at fault."""
@@ -103,6 +104,10 @@ class EngineSettings:
     spool_dir: str = "spool"
     shutdown_grace_period_s: float = 30.0
     token_limit_backoff_s: float = 60.0
+    # Each worker writes a heartbeat this often; one silent for worker_dead_after_s is dead,
+    # and its claims and batches are adopted then, not when their (longer) leases end.
+    heartbeat_interval_s: float = 5.0
+    worker_dead_after_s: float = 30.0
 
     def __post_init__(self) -> None:
         """Reject settings that cannot work, naming the one at fault."""
@@ -116,3 +121,14 @@ class EngineSettings:
             raise ConfigError("check_interval_s: must be >= 0")
         if self.lease_s <= 0:
             raise ConfigError(f"lease_s: must be > 0, got {self.lease_s}")
+        if self.heartbeat_interval_s <= 0:
+            raise ConfigError(
+                f"heartbeat_interval_s: must be > 0, got {self.heartbeat_interval_s}"
+            )
+        if self.worker_dead_after_s < 2 * self.heartbeat_interval_s:
+            # One late heartbeat (a slow database, a busy loop) must not make a live worker
+            # look dead: its peers would adopt batches it is still working on.
+            raise ConfigError(
+                f"worker_dead_after_s: must be >= 2 x heartbeat_interval_s "
+                f"({2 * self.heartbeat_interval_s:g}), got {self.worker_dead_after_s}"
+            )

@@ -8,6 +8,7 @@ from engine.store.models import (
     ApplyRow,
     BatchRecord,
     ClaimedItem,
+    Holding,
     RequeueOutcome,
     RequeueRow,
 )
@@ -19,6 +20,7 @@ __all__ = [
     "ApplyRow",
     "BatchRecord",
     "ClaimedItem",
+    "Holding",
     "RequeueOutcome",
     "RequeueRow",
     "Store",

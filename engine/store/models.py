@@ -13,6 +13,7 @@ __all__ = [
     "BatchRecord",
     "BatchState",
     "ClaimedItem",
+    "Holding",
     "ItemState",
     "RequeueOutcome",
     "RequeueRow",
@@ -112,3 +113,16 @@ class Adopted(NamedTuple):
 
     record: BatchRecord
     previous_worker: str | None
+
+
+class Holding(NamedTuple):
+    """Unfinished work of one other worker: its batches and rows, and whether it is alive.
+
+    ``alive`` means its heartbeat is current and its leases have not run out; work that is
+    not alive is an orphan some worker will adopt.
+    """
+
+    worker_id: str | None
+    alive: bool
+    batches: int
+    rows: int

@@ -1,4 +1,4 @@
-"""The engine's own tables (items, batches, meta) and the schema version row, per dialect."""
+"""The engine's own tables (items, batches, meta, workers) and the schema version row."""
 
 from __future__ import annotations
 
@@ -35,10 +35,15 @@ class Tables:
     items_plain: str
     batches_plain: str
     meta_plain: str
+    workers: str = ""
+    workers_plain: str = ""
 
     @classmethod
     def from_settings(cls, dialect: Dialect, settings: StoreSettings) -> Tables:
         """Validate and quote the configured table names (IdentifierError names the setting)."""
+        # One heartbeat table per items table: the workers coordinating over the same items
+        # are the ones whose liveness matters to each other.
+        workers = settings.workers_table or f"{settings.items_table}_workers"
         return cls(
             items=dialect.table(settings.items_table, "items_table"),
             batches=dialect.table(settings.batches_table, "batches_table"),
@@ -46,6 +51,8 @@ class Tables:
             items_plain=settings.items_table.replace(".", "_"),
             batches_plain=settings.batches_table.replace(".", "_"),
             meta_plain=settings.meta_table.replace(".", "_"),
+            workers=dialect.table(workers, "workers_table"),
+            workers_plain=workers.replace(".", "_"),
         )
 
 
@@ -65,7 +72,7 @@ def _batch_column_type(dialect: Dialect, name: str) -> str:
 
 
 def ddl_statements(dialect: Dialect, tables: Tables) -> list[str]:
-    """CREATE statements for the three tables and their indexes, each idempotent."""
+    """CREATE statements for the engine's tables and their indexes, each idempotent."""
     q = dialect.open_quote + "{}" + dialect.close_quote
 
     def c(name: str) -> str:
@@ -103,11 +110,22 @@ def ddl_statements(dialect: Dialect, tables: Tables) -> list[str]:
         f"{c('value')} {k} NULL",
         f"CONSTRAINT {c('pk_' + tables.meta_plain)} PRIMARY KEY ({c('name')})",
     ]
+    # One row per running worker: expires_at is "database now + worker_dead_after_s" at its
+    # last heartbeat, so liveness is judged on the database clock alone.
+    workers_body = [
+        f"{c('worker_id')} {k} NOT NULL",
+        f"{c('job')} {k} NULL",
+        f"{c('started_at')} {ts} NULL",
+        f"{c('heartbeat_at')} {ts} NULL",
+        f"{c('expires_at')} {ts} NULL",
+        f"CONSTRAINT {c('pk_' + tables.workers_plain)} PRIMARY KEY ({c('worker_id')})",
+    ]
     statements: list[str] = []
     for table, body, indexes in (
         (tables.items, items_body, items_ix),
         (tables.batches, batches_body, batches_ix),
         (tables.meta, meta_body, []),
+        (tables.workers, workers_body, []),
     ):
         inline = [dialect.inline_index(c(n), cols) for n, cols in indexes]
         full_body = ", ".join(body + [x for x in inline if x])

@@ -40,6 +40,7 @@ from engine.store.models import (
     ApplyRow,
     BatchRecord,
     ClaimedItem,
+    Holding,
     RequeueOutcome,
     RequeueRow,
 )
@@ -1443,3 +1444,156 @@ class Store:
             return await conn.fetchall(sql, [job.name])
 
         return [(str(k), str(e or "")) for k, e in await self._read(work)]
+
+    # -- workers: heartbeats, and the leases of workers that stopped beating ------------------
+
+    async def heartbeat(self, job: JobSpec, worker_id: str, dead_after_s: float) -> None:
+        """Record that this worker is alive for the next ``dead_after_s`` (database clock)."""
+        c, d, workers = self._c, self.dialect, self.tables.workers
+        expires = d.lease_param(dead_after_s)
+        cols = ", ".join(c(n) for n in ("worker_id", "job", "started_at", "heartbeat_at",
+                                        "expires_at"))
+        values = f"?, ?, {d.now}, {d.now}, {d.lease_expr()}"
+        if d.name == "mssql":
+            insert = (
+                f"INSERT INTO {workers} ({cols}) SELECT {values} WHERE NOT EXISTS "
+                f"(SELECT 1 FROM {workers} WITH (UPDLOCK, HOLDLOCK) WHERE {c('worker_id')} = ?)"
+            )
+            insert_params: list[Any] = [worker_id, job.name, expires, worker_id]
+        else:
+            insert = d.insert_ignore(workers, cols, f"VALUES ({values})", c("worker_id"))
+            insert_params = [worker_id, job.name, expires]
+
+        async def work(conn: Connection) -> None:
+            changed = await conn.execute(
+                f"UPDATE {workers} SET {c('heartbeat_at')} = {d.now}, "
+                f"{c('expires_at')} = {d.lease_expr()}, {c('job')} = ? "
+                f"WHERE {c('worker_id')} = ?",
+                [expires, job.name, worker_id],
+            )
+            if changed <= 0:
+                # No row yet (or MariaDB counting an unchanged row): insert, never twice.
+                await conn.execute(insert, insert_params)
+
+        await self._tx(work)
+
+    async def forget_worker(self, worker_id: str) -> None:
+        """Delete this worker's heartbeat row: it has stopped and handed over its work."""
+        c = self._c
+
+        async def work(conn: Connection) -> None:
+            await conn.execute(
+                f"DELETE FROM {self.tables.workers} WHERE {c('worker_id')} = ?", [worker_id]
+            )
+
+        await self._tx(work)
+
+    def _alive_workers(self) -> str:
+        """Subquery of the ids of workers whose heartbeat is current."""
+        c = self._c
+        return (
+            f"SELECT {c('worker_id')} FROM {self.tables.workers} "
+            f"WHERE {c('expires_at')} > {self.dialect.now}"
+        )
+
+    async def expire_dead_workers(
+        self, job: JobSpec, worker_id: str, batch_states: Sequence[str]
+    ) -> tuple[int, int]:
+        """End the leases of other workers' claims and batches when their heartbeat stopped.
+
+        A worker with no current heartbeat row is dead: it was killed, or it stopped and
+        deleted its row after handing its work over. Its claims become claimable and its
+        batches adoptable at once instead of when their leases end. Returns (claims, batches)
+        whose leases were ended; the dead workers' rows are deleted in the same transaction.
+        """
+        c, d = self._c, self.dialect
+        not_alive = (
+            f"{c('lease_expires_at')} > {d.now} AND {c('worker_id')} IS NOT NULL "
+            f"AND {c('worker_id')} <> ? AND {c('worker_id')} NOT IN ({self._alive_workers()})"
+        )
+        ended = f"{c('lease_expires_at')} = {d.now}, {c('updated_at')} = {d.now}"
+
+        async def work(conn: Connection) -> tuple[int, int]:
+            claims = await conn.execute(
+                f"UPDATE {self.tables.items} SET {ended} WHERE {c('job')} = ? "
+                f"AND {c('state')} = 'claimed' AND {not_alive}",
+                [job.name, worker_id],
+            )
+            batches = 0
+            if batch_states:
+                batches = await conn.execute(
+                    f"UPDATE {self.tables.batches} SET {ended} WHERE {c('job')} = ? "
+                    f"AND {c('state')} IN ({_marks(len(batch_states))}) AND {not_alive}",
+                    [job.name, *batch_states, worker_id],
+                )
+            await conn.execute(
+                f"DELETE FROM {self.tables.workers} WHERE {c('expires_at')} <= {d.now}"
+            )
+            return max(0, claims), max(0, batches)
+
+        return await self._tx(work)
+
+    async def held_elsewhere(
+        self, job: JobSpec, worker_id: str, batch_states: Sequence[str]
+    ) -> list[Holding]:
+        """Return the job's unfinished claims and batches held by workers other than this one.
+
+        Each holder is alive when its heartbeat is current and its lease has not run out;
+        anything else is an orphan that this or another worker is about to adopt.
+        """
+        c, d = self._c, self.dialect
+        alive = (
+            f"CASE WHEN w.{c('worker_id')} IS NOT NULL AND x.{c('lease_expires_at')} > {d.now} "
+            f"THEN 1 ELSE 0 END"
+        )
+        join = (
+            f"LEFT JOIN {self.tables.workers} w ON w.{c('worker_id')} = x.{c('worker_id')} "
+            f"AND w.{c('expires_at')} > {d.now}"
+        )
+        other = f"(x.{c('worker_id')} IS NULL OR x.{c('worker_id')} <> ?)"
+        batches_sql = (
+            f"SELECT x.{c('id')}, x.{c('worker_id')}, {alive} FROM {self.tables.batches} x "
+            f"{join} WHERE x.{c('job')} = ? AND x.{c('state')} IN ({_marks(len(batch_states))}) "
+            f"AND {other}"
+        )
+        claims_sql = (
+            f"SELECT x.{c('worker_id')}, {alive}, COUNT(*) FROM {self.tables.items} x {join} "
+            f"WHERE x.{c('job')} = ? AND x.{c('state')} = 'claimed' AND {other} "
+            f"GROUP BY x.{c('worker_id')}, {alive}"
+        )
+
+        async def work(conn: Connection) -> tuple[list[tuple[Any, ...]], ...]:
+            held = (
+                await conn.fetchall(batches_sql, [job.name, *batch_states, worker_id])
+                if batch_states else []
+            )
+            claims = await conn.fetchall(claims_sql, [job.name, worker_id])
+            sizes: list[tuple[Any, ...]] = []
+            for chunk in _chunks([str(r[0]) for r in held], _CHUNK):
+                in_sql, in_params = _key_list(d, chunk)
+                sizes.extend(await conn.fetchall(
+                    f"SELECT {c('batch_id')}, COUNT(*) FROM {self.tables.items} "
+                    f"WHERE {c('job')} = ? AND {c('state')} = 'submitted' "
+                    f"AND {c('batch_id')} IN {in_sql} GROUP BY {c('batch_id')}",
+                    [job.name, *in_params],
+                ))
+            return held, claims, sizes
+
+        held, claims, sizes = await self._read(work)
+        rows_of = {str(r[0]): int(r[1]) for r in sizes}
+        tally: dict[tuple[str | None, bool], list[int]] = {}
+        for batch_id, owner, is_alive in held:
+            entry = tally.setdefault((None if owner is None else str(owner), bool(is_alive)),
+                                     [0, 0])
+            entry[0] += 1
+            entry[1] += rows_of.get(str(batch_id), 0)
+        for owner, is_alive, count in claims:
+            entry = tally.setdefault((None if owner is None else str(owner), bool(is_alive)),
+                                     [0, 0])
+            entry[1] += int(count)
+        return [
+            Holding(owner, is_alive, batches, rows)
+            for (owner, is_alive), (batches, rows) in sorted(
+                tally.items(), key=lambda kv: (kv[0][0] or "", kv[0][1])
+            )
+        ]
