@@ -17,7 +17,7 @@ from pathlib import Path
 from engine.faults import SimulatedCrash, crash_point
 from engine.pipeline import ADOPT_STATES, Draft, EngineEvent, PipelineContext
 from engine.requests import InputRejected
-from engine.store import BatchRecord, ClaimedItem, RequeueRow
+from engine.store import BatchRecord, ClaimedItem, Holding, RequeueRow
 
 __all__ = ["Producer"]
 
@@ -51,6 +51,10 @@ class Producer:
         self._num_batches = num_batches
         self._adopt = adopt
         self._orphans_logged = False
+        # Other workers' heartbeats when this run first found itself idle: a holder counts as
+        # alive only once it has beaten again since (one killed a moment ago still looks
+        # alive until worker_dead_after_s has passed).
+        self._first_beats: dict[str | None, object] = {}
         self.produced = 0
         self.idle = False
         self._quiet_since: float | None = None  # monotonic time of the last empty discovery
@@ -85,22 +89,27 @@ class Producer:
             await self._wait_for_work()
 
     async def _orphans_left(self) -> bool:
-        """Whether work of stopped workers is still to be taken over (so not idle yet).
+        """Whether other workers' work may still need taking over (so not idle yet).
 
-        Work held by live workers does not keep an until-idle run going; it is recorded for
-        the run's last line. Orphans (a dead worker's claims and batches, a lapsed lease)
-        are adopted here or claimed by the next draft.
+        Work held by workers proven alive (a current heartbeat that moved on since this run
+        first looked) does not keep an until-idle run going; it is recorded for the run's
+        last line. Anything else waits: a lapsed lease or a dead worker's claims and batches
+        are adopted here or claimed by the next draft, and a worker not yet proven either way
+        is alive within heartbeat_interval_s or dead within worker_dead_after_s.
         """
         ctx = self._ctx
         held = await ctx.store.held_elsewhere(ctx.job, ctx.worker_id, ADOPT_STATES)
-        ctx.held_elsewhere = [h for h in held if h.alive]
-        orphans = [h for h in held if not h.alive]
+        for holding in held:
+            self._first_beats.setdefault(holding.worker_id, holding.heartbeat_at)
+        alive = [h for h in held if h.alive and self._beat_since(h)]
+        ctx.held_elsewhere = alive
+        orphans = [h for h in held if h not in alive]
         if not orphans:
             return False
         if not self._orphans_logged:
             self._orphans_logged = True
             log.info(
-                "waiting to take over work of stopped workers: %s",
+                "waiting on other workers' work (taken over if they stopped beating): %s",
                 "; ".join(
                     f"{h.worker_id or '-'} ({h.batches} batches, {h.rows} rows)" for h in orphans
                 ),
@@ -108,6 +117,12 @@ class Producer:
         if self._adopt is not None:
             await self._adopt()
         return True
+
+    def _beat_since(self, holding: Holding) -> bool:
+        """Whether a holder's heartbeat moved on since this run first saw it."""
+        first = self._first_beats.get(holding.worker_id)
+        now = holding.heartbeat_at
+        return now is not None and now != first
 
     async def _take_slot(self) -> bool:
         """Wait for an in-flight slot; False when the engine is stopping first."""

@@ -126,3 +126,4 @@ class Holding(NamedTuple):
     alive: bool
     batches: int
     rows: int
+    heartbeat_at: datetime | None = None  # its last heartbeat, on the database clock

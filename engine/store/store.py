@@ -1552,12 +1552,14 @@ class Store:
         )
         other = f"(x.{c('worker_id')} IS NULL OR x.{c('worker_id')} <> ?)"
         batches_sql = (
-            f"SELECT x.{c('id')}, x.{c('worker_id')}, {alive} FROM {self.tables.batches} x "
+            f"SELECT x.{c('id')}, x.{c('worker_id')}, {alive}, w.{c('heartbeat_at')} "
+            f"FROM {self.tables.batches} x "
             f"{join} WHERE x.{c('job')} = ? AND x.{c('state')} IN ({_marks(len(batch_states))}) "
             f"AND {other}"
         )
         claims_sql = (
-            f"SELECT x.{c('worker_id')}, {alive}, COUNT(*) FROM {self.tables.items} x {join} "
+            f"SELECT x.{c('worker_id')}, {alive}, COUNT(*), MAX(w.{c('heartbeat_at')}) "
+            f"FROM {self.tables.items} x {join} "
             f"WHERE x.{c('job')} = ? AND x.{c('state')} = 'claimed' AND {other} "
             f"GROUP BY x.{c('worker_id')}, {alive}"
         )
@@ -1582,17 +1584,23 @@ class Store:
         held, claims, sizes = await self._read(work)
         rows_of = {str(r[0]): int(r[1]) for r in sizes}
         tally: dict[tuple[str | None, bool], list[int]] = {}
-        for batch_id, owner, is_alive in held:
-            entry = tally.setdefault((None if owner is None else str(owner), bool(is_alive)),
-                                     [0, 0])
-            entry[0] += 1
-            entry[1] += rows_of.get(str(batch_id), 0)
-        for owner, is_alive, count in claims:
-            entry = tally.setdefault((None if owner is None else str(owner), bool(is_alive)),
-                                     [0, 0])
-            entry[1] += int(count)
+        beats: dict[str | None, datetime | None] = {}
+
+        def add(owner: Any, is_alive: Any, batches: int, rows: int, beat: Any) -> None:
+            name = None if owner is None else str(owner)
+            entry = tally.setdefault((name, bool(is_alive)), [0, 0])
+            entry[0] += batches
+            entry[1] += rows
+            beat_at, best = _to_datetime(beat), beats.get(name)
+            if beat_at is not None and (best is None or beat_at > best):
+                beats[name] = beat_at
+
+        for batch_id, owner, is_alive, beat in held:
+            add(owner, is_alive, 1, rows_of.get(str(batch_id), 0), beat)
+        for owner, is_alive, count, beat in claims:
+            add(owner, is_alive, 0, int(count), beat)
         return [
-            Holding(owner, is_alive, batches, rows)
+            Holding(owner, is_alive, batches, rows, beats.get(owner))
             for (owner, is_alive), (batches, rows) in sorted(
                 tally.items(), key=lambda kv: (kv[0][0] or "", kv[0][1])
             )

@@ -31,7 +31,7 @@ from engine.store.dialects import get_dialect
 from engine.store.pool import Connection
 from tests.conftest import DbTarget
 
-TABLES = ["items", "batches", "meta", "candidates"]
+TABLES = ["items", "batches", "meta", "items_workers", "candidates"]
 
 _TYPES = {
     # dialect: (text type, timestamp type, table suffix)

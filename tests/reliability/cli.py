@@ -29,9 +29,13 @@ def _toml(value: Any) -> str:
 
 def write_job(
     directory: Path, target: DbTarget, *, source: dict[str, Any] | None = None,
-    engine: dict[str, Any] | None = None,
+    engine: dict[str, Any] | None = None, default_timing: bool = False,
 ) -> Path:
-    """Write a job file over make_source's table (overrides per [source] key) and its schema."""
+    """Write a job file over make_source's table (overrides per [source] key) and its schema.
+
+    With default_timing the engine's intervals, leases and grace period are its defaults,
+    as a user's job file leaves them; otherwise they are shortened for quick tests.
+    """
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "schema.json").write_text(json.dumps(SCHEMA))
     src = {
@@ -43,6 +47,8 @@ def write_job(
         "batch_size": 10, "min_check_interval_s": 0.005, "check_interval_s": 0.05,
         "lease_s": 5, "shutdown_grace_period_s": 5, "spool_dir": str(directory / "spool"),
     }
+    if default_timing:
+        settings = {"batch_size": 10, "spool_dir": str(directory / "spool")}
     settings.update(engine or {})
     lines = [
         'name = "t"', 'model = "gpt-4o-mini"', 'endpoint = "/v1/chat/completions"', "",
@@ -64,16 +70,22 @@ def write_job(
     return path
 
 
-async def cli(*args: str, env: dict[str, str] | None = None, timeout_s: float = 90,
-              cwd: Path | None = None) -> CliResult:
-    """Run ``python -m engine ARGS`` and return its exit code and output."""
+async def start_cli(*args: str, env: dict[str, str] | None = None,
+                    cwd: Path | None = None) -> asyncio.subprocess.Process:
+    """Start ``python -m engine ARGS`` with only the given ENGINE_/OPENAI_ variables set."""
     child_env = {k: v for k, v in os.environ.items()
                  if not k.startswith(("ENGINE_", "OPENAI_"))}
     child_env.update(env or {})
-    proc = await asyncio.create_subprocess_exec(
+    return await asyncio.create_subprocess_exec(
         PYTHON, "-m", "engine", *args, cwd=str(cwd or REPO), env=child_env,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )
+
+
+async def cli(*args: str, env: dict[str, str] | None = None, timeout_s: float = 90,
+              cwd: Path | None = None) -> CliResult:
+    """Run ``python -m engine ARGS`` and return its exit code and output."""
+    proc = await start_cli(*args, env=env, cwd=cwd)
     try:
         out, err = await asyncio.wait_for(proc.communicate(), timeout_s)
     except TimeoutError:

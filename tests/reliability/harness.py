@@ -150,7 +150,8 @@ def cleanup(target: DbTarget) -> None:
     if target.dialect == "sqlite":
         return
     p = target.prefix
-    drop(target.dsn, f"{p}src", f"{p}items", f"{p}batches", f"{p}meta", f"{p}applied")
+    drop(target.dsn, f"{p}src", f"{p}items", f"{p}batches", f"{p}meta", f"{p}applied",
+         f"{p}items_workers")
     if target.dialect == "postgresql":
         conn = connect(target.dsn)
         try:
