@@ -63,7 +63,7 @@ async def test_sigkill_then_until_idle_finishes_with_default_settings(
             assert left > 0, "the workers finished before they were killed"
             started = time.monotonic()
             result = await cli("run", "--job", str(job), "--until-idle", "--progress", "none",
-                               env=env, timeout_s=300)
+                               env=env, timeout_s=150)
             took = time.monotonic() - started
             assert result.code == 0, result.stderr[-3000:]
             figures = harness.measure(db, emu, restarts=1)

@@ -1,0 +1,288 @@
+#!/usr/bin/env python3
+"""Curated mutation check: take one guarantee's mechanism out, the tests named for it must fail.
+
+Each mutation is a small, exact source edit (one ``old`` text that must occur exactly once in
+its file, replaced by ``new``) applied to a temporary copy of the tree; only the tests mapped to
+it run, against that copy. A mutation the tests do not catch prints ``SURVIVED``; one whose
+``old`` text is gone prints ``NO LONGER APPLIES`` (the code moved and this list must follow
+it). Either makes the exit status non-zero. The last line is
+``mutations=N caught=N survived=N``.
+
+    .venv/bin/python scripts/mutate.py            # every mutation (before a release)
+    .venv/bin/python scripts/mutate.py --quick    # the CI subset
+    .venv/bin/python scripts/mutate.py --list     # names, files and tests
+    .venv/bin/python scripts/mutate.py --only fence_on_apply --only heartbeat_sweep
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+PYTHON = sys.executable
+
+
+@dataclass(frozen=True)
+class Mutation:
+    """One mechanism taken out: where, the exact edit, and the tests that must catch it."""
+
+    name: str
+    guarantee: str  # the DESIGN.md guarantee the mechanism serves, in a few words
+    path: str
+    old: str
+    new: str
+    tests: tuple[str, ...]
+    quick: bool = False  # in the CI subset
+
+
+RECOVERY = "tests/integration/test_recovery.py"
+CRASH = "tests/reliability/test_crash_matrix.py"
+STALE = "tests/reliability/test_stale_owner.py"
+MUTATIONS: tuple[Mutation, ...] = (
+    Mutation(
+        name="fence_on_apply",
+        guarantee="3 exactly-once effect: the claim-token fence",
+        path="engine/store/store.py",
+        old="                if wanted.get(str(key)) == token and state in states:",
+        new="                if state in states:",
+        tests=(
+            "tests/integration/test_store.py::test_stale_worker_applies_nothing",
+            "tests/reliability/test_guarantee_gaps.py::test_stale_worker_apply_after_takeover",
+        ),
+        quick=True,
+    ),
+    Mutation(
+        name="reattach_by_metadata",
+        guarantee="2 no double billing: re-attach after an unrecorded create",
+        path="engine/submitter.py",
+        old="            if meta.get(\"engine_batch\") == record.id "
+        "and batch.status != \"failed\":",
+        new="            if False:",
+        tests=(f"{CRASH}::test_sigkill_at_each_crash_point[sqlite-after_create]",
+               f"{RECOVERY}::test_restart_after_crash_at_each_point"),
+        quick=True,
+    ),
+    Mutation(
+        name="batch_lease_renewal",
+        guarantee="4 many workers: a live worker keeps its batches",
+        path="engine/poller.py",
+        old="            lost = await ctx.store.renew_batch_leases(ctx.worker_id, owned, "
+        "ctx.settings.lease_s)",
+        new="            lost = []",
+        tests=("tests/reliability/test_guarantee_gaps.py::test_live_worker_keeps_its_batches",),
+    ),
+    Mutation(
+        name="ownership_before_create",
+        guarantee="2 no double billing: no create after the lease was lost",
+        path="engine/submitter.py",
+        old="        if not lost:\n            return started + ctx.settings.lease_s",
+        new="        if True:\n            return started + ctx.settings.lease_s",
+        tests=(STALE,),
+    ),
+    Mutation(
+        name="adopter_settle_wait",
+        guarantee="2 no double billing: an adopter waits out a create in flight",
+        path="engine/submitter.py",
+        old="        self.not_before[record.id] = time.monotonic() + settle_s",
+        new="        self.not_before[record.id] = time.monotonic()",
+        tests=("tests/reliability/test_guarantee_gaps.py::test_adopter_waits_for_a_create_in_flight",),
+    ),
+    Mutation(
+        name="create_outside_transaction",
+        guarantee="5 no transaction spans a network call",
+        path="engine/submitter.py",
+        old="            batch = await ctx.api.create_batch(\n"
+        "                input_file_id,\n"
+        "                record.endpoint,\n"
+        "                {\"engine_batch\": record.id, \"engine_job\": ctx.job.name},\n"
+        "                deadline=deadline,\n"
+        "            )\n",
+        new="            async with ctx.store.pool.transaction():\n"
+        "                batch = await ctx.api.create_batch(\n"
+        "                    input_file_id,\n"
+        "                    record.endpoint,\n"
+        "                    {\"engine_batch\": record.id, \"engine_job\": ctx.job.name},\n"
+        "                    deadline=deadline,\n"
+        "                )\n",
+        tests=("tests/integration/test_no_network_in_transaction.py",),
+    ),
+    Mutation(
+        name="resolve_rows_without_result",
+        guarantee="1 nothing lost: rows a finished batch never answered go back",
+        path="engine/writer.py",
+        old="        line_errors = await asyncio.to_thread(self._line_errors, record)\n"
+        "        reason = f\"batch {status} without a result for this row\"",
+        new="        return\n"
+        "        line_errors = await asyncio.to_thread(self._line_errors, record)\n"
+        "        reason = f\"batch {status} without a result for this row\"",
+        tests=("tests/reliability/test_guarantee_gaps.py::test_failed_batch_rows_go_back",),
+        quick=True,
+    ),
+    Mutation(
+        name="reap_own_orphans",
+        guarantee="1 nothing lost: a restart under the same id frees its old claims",
+        path="engine/engine.py",
+        old="        await ctx.store.reap_expired(self.job, self.worker_id)",
+        new="        await ctx.store.reap_expired(self.job)",
+        tests=(f"{RECOVERY}::test_restart_after_crash_at_each_point",),
+    ),
+    Mutation(
+        name="heartbeat_sweep",
+        guarantee="11 dead workers found in seconds",
+        path="engine/heartbeat.py",
+        old="        claims, batches = await self._store.expire_dead_workers(\n"
+        "            self._job, self._worker_id, self._batch_states\n        )",
+        new="        claims, batches = 0, 0",
+        tests=("tests/reliability/test_dead_workers.py::"
+               "test_sigkill_then_until_idle_finishes_with_default_settings[sqlite]",),
+    ),
+    Mutation(
+        name="until_idle_waits_for_orphans",
+        guarantee="11 run --until-idle finishes or names what live workers hold",
+        path="engine/producer.py",
+        old="        if not orphans:\n            return False",
+        new="        if True:\n            return False",
+        tests=("tests/reliability/test_dead_workers.py::"
+               "test_sigkill_then_until_idle_finishes_with_default_settings[sqlite]",),
+        quick=True,
+    ),
+    Mutation(
+        name="until_idle_names_live_holders",
+        guarantee="11 run --until-idle names what live workers hold",
+        path="engine/producer.py",
+        old="        ctx.held_elsewhere = alive\n",
+        new="        ctx.held_elsewhere = []\n",
+        tests=("tests/reliability/test_dead_workers.py::"
+               "test_until_idle_beside_a_live_worker_names_it[sqlite]",),
+    ),
+)
+
+
+def _copy_tree(dest: Path) -> None:
+    """Copy the checkout's files (tracked and untracked, not ignored) into dest."""
+    listed = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=REPO, check=True, capture_output=True,
+    ).stdout.decode().split("\0")
+    for name in filter(None, listed):
+        source = REPO / name
+        if not source.is_file():
+            continue  # deleted in the work tree but still in the index
+        target = dest / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(source, target)
+
+
+def _apply(tree: Path, mutation: Mutation) -> str | None:
+    """Apply the edit in tree; return why it cannot be applied, or None."""
+    path = tree / mutation.path
+    if not path.is_file():
+        return f"{mutation.path} does not exist"
+    text = path.read_text()
+    found = text.count(mutation.old)
+    if found != 1:
+        return f"its text occurs {found} times in {mutation.path} (must be exactly once)"
+    path.write_text(text.replace(mutation.old, mutation.new))
+    return None
+
+
+_FAILED = re.compile(r"^(FAILED|ERROR) (\S+)", re.MULTILINE)
+
+
+def _run_tests(tree: Path, mutation: Mutation, timeout_s: float) -> tuple[int, list[str], str]:
+    """Run the mutation's tests in tree; return (exit code, failing test ids, output tail)."""
+    env = dict(os.environ)
+    # The copy comes first on the path, ahead of the editable install of the real checkout,
+    # in this process and in every engine subprocess the tests start.
+    env["PYTHONPATH"] = str(tree)
+    cmd = [PYTHON, "-m", "pytest", "-q", "-rfE", "-p", "no:cacheprovider", *mutation.tests]
+    try:
+        done = subprocess.run(cmd, cwd=tree, env=env, capture_output=True, text=True,
+                              timeout=timeout_s)
+    except subprocess.TimeoutExpired as exc:
+        out = (exc.stdout or b"").decode() if isinstance(exc.stdout, bytes) else exc.stdout or ""
+        return 1, ["(timed out: the tests hung with the mechanism removed)"], out[-2000:]
+    output = done.stdout + done.stderr
+    return done.returncode, [m.group(2) for m in _FAILED.finditer(output)], output[-2000:]
+
+
+def _check_imports(tree: Path) -> None:
+    """Fail early if the copy's engine is not the one Python imports (a wrong path set-up)."""
+    env = dict(os.environ, PYTHONPATH=str(tree))
+    where = subprocess.run(
+        [PYTHON, "-c", "import engine; print(engine.__file__)"],
+        cwd=tree, env=env, capture_output=True, text=True, check=True,
+    ).stdout.strip()
+    if not where.startswith(str(tree)):
+        raise SystemExit(f"mutate: the copy's engine is not imported ({where}); check PYTHONPATH")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Apply each selected mutation in turn and report whether its tests caught it."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="only the CI subset")
+    parser.add_argument("--only", action="append", default=[], metavar="NAME",
+                        help="only this mutation (repeatable)")
+    parser.add_argument("--list", action="store_true", help="list the mutations and exit")
+    parser.add_argument("--timeout", type=float, default=900.0,
+                        help="seconds for one mutation's tests (default 900)")
+    args = parser.parse_args(argv)
+    names = {m.name for m in MUTATIONS}
+    unknown = sorted(set(args.only) - names)
+    if unknown:
+        parser.error(f"unknown mutation(s): {', '.join(unknown)}; "
+                     f"known: {', '.join(sorted(names))}")
+    chosen = [
+        m for m in MUTATIONS
+        if (not args.only or m.name in args.only) and (not args.quick or m.quick)
+    ]
+    if args.list:
+        for m in chosen:
+            print(f"{m.name:32} {m.path:26} guarantee {m.guarantee}")
+            for test in m.tests:
+                print(f"{'':32} {test}")
+        return 0
+    caught = survived = broken = 0
+    started = time.monotonic()
+    for mutation in chosen:
+        with tempfile.TemporaryDirectory(prefix="mutate-") as tmp:
+            tree = Path(tmp)
+            _copy_tree(tree)
+            _check_imports(tree)
+            why = _apply(tree, mutation)
+            if why is not None:
+                broken += 1
+                print(f"{mutation.name}: NO LONGER APPLIES: {why}", flush=True)
+                continue
+            t0 = time.monotonic()
+            code, failing, tail = _run_tests(tree, mutation, args.timeout)
+            took = time.monotonic() - t0
+            if code == 0:
+                survived += 1
+                print(f"{mutation.name}: SURVIVED ({took:.0f}s)", flush=True)
+            elif code == 1 and failing:
+                caught += 1
+                print(f"{mutation.name}: caught by {len(failing)} tests ({took:.0f}s)",
+                      flush=True)
+            else:
+                # Collection errors, no tests found, an internal error: not a catch.
+                broken += 1
+                print(f"{mutation.name}: TESTS DID NOT RUN (pytest exit {code}):\n{tail}",
+                      flush=True)
+    print(f"mutations={len(chosen)} caught={caught} survived={survived}"
+          + (f" broken={broken}" if broken else "")
+          + f" in {time.monotonic() - started:.0f}s")
+    return 0 if survived == 0 and broken == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
