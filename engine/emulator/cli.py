@@ -40,6 +40,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "cancelling (3600: an hour a second)")
     parser.add_argument("--cancelling-s", type=float, default=0.0,
                         help="emulated seconds a cancelled batch stays cancelling")
+    parser.add_argument("--status-hold-s", type=float, default=0.0,
+                        help="emulated seconds a batch stays validating and finalizing")
     parser.add_argument("--models", default=None,
                         help="comma-separated models known; lines naming others get 404 "
                              "(default: any model)")
@@ -84,6 +86,7 @@ def config_from_args(args: argparse.Namespace) -> EmulatorConfig:
         completion_window_s=args.expire_after_s,
         time_scale=args.time_scale,
         cancelling_s=args.cancelling_s,
+        status_hold_s=args.status_hold_s,
         models=None if args.models is None else tuple(
             m.strip() for m in args.models.split(",") if m.strip()),
         seed=args.seed,

@@ -94,6 +94,9 @@ class EmulatorConfig:
     # latency_s and rate_rps stay real time (they pace tests, not the API's lifecycle).
     time_scale: float = 1.0
     cancelling_s: float = 0.0  # how long a cancelled batch stays cancelling (real API: <= 10 min)
+    # How long a batch stays validating, and finalizing, so a poller sees every intermediate
+    # status (emulated seconds). 0 keeps the fast default: a batch may pass both between polls.
+    status_hold_s: float = 0.0
     # Models the emulator knows; a line naming another gets 404 model_not_found. None: any.
     models: tuple[str, ...] | None = None
     seed: int = 0
@@ -118,3 +121,5 @@ class EmulatorConfig:
             raise ConfigError(f"time_scale: {self.time_scale!r} must be positive")
         if self.cancelling_s < 0:
             raise ConfigError(f"cancelling_s: {self.cancelling_s!r} is negative")
+        if self.status_hold_s < 0:
+            raise ConfigError(f"status_hold_s: {self.status_hold_s!r} is negative")

@@ -535,6 +535,7 @@ class EmulatorState:
             record.custom_ids = tuple(result.custom_ids)
             record.model = result.model
             batch.model = result.model
+            await self._hold(batch)
             if batch.cancel_requested:
                 await self._linger_cancelling(batch)
                 self._set_status(batch, "cancelled")
@@ -601,6 +602,14 @@ class EmulatorState:
         batch.enqueued_tokens = result.tokens
         batch.enqueued_requests = result.requests
         return True
+
+    async def _hold(self, batch: Batch) -> None:
+        """Stay in the current status for ``status_hold_s`` emulated seconds, or until cancel."""
+        until = self.clock.mono() + self.config.status_hold_s
+        while not batch.cancel_requested and (left := until - self.clock.mono()) > 0:
+            batch.wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(batch.wake.wait(), self.clock.real_delay(left))
 
     async def _linger_cancelling(self, batch: Batch) -> None:
         """Stay ``cancelling`` for ``cancelling_s`` emulated seconds (the real API: <= 10 min)."""
@@ -697,6 +706,7 @@ class EmulatorState:
                     batch.failed += 1
             if ending == "completed":
                 self._set_status(batch, "finalizing")
+                await self._hold(batch)
             await self._write_files(batch, out, err)
             if ending == "completed" and batch.cancel_requested:
                 ending = "cancel"  # cancelled while finalizing: every line is in the files

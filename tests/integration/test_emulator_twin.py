@@ -383,6 +383,28 @@ async def test_cancelling_lasts_until_the_clock_has_moved_on(emu_api: Any, emu: 
     assert done.cancelled_at - done.cancelling_at >= 600
 
 
+@pytest.mark.parametrize("emu_config", [EmulatorConfig(status_hold_s=3600.0)])
+async def test_status_hold_shows_every_intermediate_status(emu_api: Any, emu: Any):
+    # Batch.status: validating, failed, in_progress, finalizing, completed, expired,
+    # cancelling, cancelled; with a hold a poller sees validating and finalizing too.
+    batch = await emu_api.submit([emu_api.chat_line("a")])
+    for _ in range(5):
+        assert (await emu_api.client.batches.retrieve(batch.id)).status == "validating"
+    emu.advance_clock(3600)
+    finalizing = await emu_api.wait(batch.id, {"finalizing", "completed"})
+    assert finalizing.status == "finalizing"
+    assert finalizing.finalizing_at is not None
+    emu.advance_clock(3600)
+    done = await emu_api.wait(batch.id)
+    assert done.status == "completed"
+    assert [h.status for h in emu.record.batches[batch.id].history] == [
+        "validating", "in_progress", "finalizing", "completed"]
+    # With the hold a cancel can land while validating, instead of a 409 on a finished batch.
+    other = await emu_api.submit([emu_api.chat_line("b")])
+    assert (await emu_api.client.batches.cancel(other.id)).status == "cancelling"
+    assert (await emu_api.wait(other.id)).status == "cancelled"
+
+
 @pytest.mark.parametrize("emu_config", [
     EmulatorConfig(latency_s=60.0, faults=FaultConfig(enqueued_request_limit=5))])
 async def test_enqueued_request_limit_is_apart_from_the_token_limit(emu_api: Any):
@@ -404,9 +426,9 @@ def test_cli_flags_reach_the_config():
     add_arguments(parser)
     config = config_from_args(parser.parse_args([
         "--time-scale", "3600", "--cancelling-s", "600", "--models", "gpt-4o-mini, gpt-4o",
-        "--line-invalid-rate", "0.1", "--enqueued-request-limit", "7",
+        "--line-invalid-rate", "0.1", "--enqueued-request-limit", "7", "--status-hold-s", "2",
     ]))
-    assert (config.time_scale, config.cancelling_s) == (3600.0, 600.0)
+    assert (config.time_scale, config.cancelling_s, config.status_hold_s) == (3600.0, 600.0, 2.0)
     assert config.models == ("gpt-4o-mini", "gpt-4o")
     assert config.faults.line_invalid_rate == 0.1
     assert config.faults.enqueued_request_limit == 7
