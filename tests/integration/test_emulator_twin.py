@@ -394,6 +394,8 @@ async def test_status_hold_shows_every_intermediate_status(emu_api: Any, emu: An
     finalizing = await emu_api.wait(batch.id, {"finalizing", "completed"})
     assert finalizing.status == "finalizing"
     assert finalizing.finalizing_at is not None
+    for _ in range(5):
+        assert (await emu_api.client.batches.retrieve(batch.id)).status == "finalizing"
     emu.advance_clock(3600)
     done = await emu_api.wait(batch.id)
     assert done.status == "completed"
