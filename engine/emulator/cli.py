@@ -34,7 +34,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rate", type=float, default=None,
                         help="requests processed per second (per batch)")
     parser.add_argument("--expire-after-s", type=float, default=86400.0,
-                        help="batches not finished this long after creation expire")
+                        help="batches not finished this long after creation expire "
+                             "(emulated seconds)")
     parser.add_argument("--time-scale", type=float, default=1.0,
                         help="emulated seconds per real second for the window, file expiry and "
                              "cancelling (3600: an hour a second)")
