@@ -13,6 +13,7 @@ from typing import Any
 
 import jsonschema
 import openai
+import pydantic
 import pytest
 from openai.types import (
     Batch,
@@ -23,6 +24,7 @@ from openai.types import (
     Video,
 )
 from openai.types.chat import ChatCompletion
+from openai.types.responses import Response
 
 from engine.emulator import EmulatorConfig, FaultConfig
 from engine.emulator import server as emulator_server
@@ -30,11 +32,23 @@ from engine.emulator.cli import add_arguments, config_from_args
 
 THIRTY_DAYS = 2_592_000
 ERROR_KEYS = {"message", "type", "param", "code"}
+# Fields the real API sends that the SDK's models do not declare: the Responses API reference
+# shows "store" in every response object.
+KNOWN_EXTRAS = {"Response": {"store"}}
 
 
 def no_extra_fields(model: Any) -> None:
-    """The SDK model parsed the object with nothing it does not know about (top level)."""
-    assert not model.model_extra, model.model_extra
+    """The SDK model parsed the object, nested ones too, with nothing it does not know about."""
+    if isinstance(model, list):
+        for item in model:
+            no_extra_fields(item)
+        return
+    if not isinstance(model, pydantic.BaseModel):
+        return
+    extra = set(model.model_extra or {}) - KNOWN_EXTRAS.get(type(model).__name__, set())
+    assert not extra, (type(model).__name__, extra)
+    for name in type(model).model_fields:
+        no_extra_fields(getattr(model, name))
 
 
 # --- uploads ------------------------------------------------------------------------------
@@ -238,6 +252,19 @@ async def test_every_sdk_endpoint_is_accepted_and_answered(emu_api: Any, case: A
         assert parsed.status == "completed"
 
 
+async def test_chat_and_responses_objects_carry_no_unknown_fields(emu_api: Any):
+    chat = await emu_api.wait((await emu_api.submit([emu_api.chat_line("c")])).id)
+    no_extra_fields(chat)
+    body = (await emu_api.lines(chat.output_file_id))[0]["response"]["body"]
+    no_extra_fields(ChatCompletion.model_validate(body))
+    resp = await emu_api.wait(
+        (await emu_api.submit([emu_api.responses_line("r")], endpoint="/v1/responses")).id)
+    body = (await emu_api.lines(resp.output_file_id))[0]["response"]["body"]
+    no_extra_fields(Response.model_validate(body))
+    no_extra_fields(await emu_api.client.files.retrieve(resp.output_file_id))
+    no_extra_fields((await emu_api.client.batches.list()).data)
+
+
 async def test_unlisted_endpoint_is_refused(emu_api: Any):
     file_id = await emu_api.upload([emu_api.chat_line("a")])
     with pytest.raises(openai.BadRequestError) as bad:
@@ -274,6 +301,8 @@ async def test_tool_calls_and_n_choices_parse(emu_api: Any):
     done = await emu_api.wait((await emu_api.submit(lines)).id)
     out = {x["custom_id"]: ChatCompletion.model_validate(x["response"]["body"])
            for x in await emu_api.lines(done.output_file_id)}
+    for completion in out.values():
+        no_extra_fields(completion)
     choice = out["tool"].choices[0]
     assert choice.finish_reason == "tool_calls"
     assert choice.message.tool_calls is not None
