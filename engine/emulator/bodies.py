@@ -27,7 +27,14 @@ from openai.types import (
 from openai.types.chat import completion_create_params as chat_create_params
 from openai.types.responses import response_create_params
 
-__all__ = ["ENDPOINTS", "MAX_EMBEDDING_INPUTS", "LineError", "check_line", "embedding_inputs"]
+__all__ = [
+    "ENDPOINTS",
+    "MAX_EMBEDDING_INPUTS",
+    "MODEL_OPTIONAL",
+    "LineError",
+    "check_line",
+    "embedding_inputs",
+]
 
 # The endpoints of openai.types.batch_create_params.BatchCreateParams["endpoint"].
 ENDPOINTS = (
@@ -43,6 +50,10 @@ ENDPOINTS = (
 # BatchCreateParams.endpoint docstring: "/v1/embeddings batches are also restricted to a maximum
 # of 50,000 embedding inputs across all requests in the batch."
 MAX_EMBEDDING_INPUTS = 50_000
+# Endpoints whose ``model`` is optional in the SDK's params (the API picks a default model).
+MODEL_OPTIONAL = frozenset(
+    {"/v1/moderations", "/v1/images/generations", "/v1/images/edits", "/v1/videos"}
+)
 
 LineError = tuple[int, dict[str, Any]]  # (status_code, {"error": {...}})
 
@@ -201,7 +212,7 @@ def check_line(
         return _error(400, f"Invalid value: '{encoding}'. Supported values are: 'float' and "
                       "'base64'.", "encoding_format", "invalid_value")
     model = body.get("model")
-    if models is not None and model not in models:
+    if models is not None and model is not None and model not in models:
         return _error(404, f"The model `{model}` does not exist or you do not have access to "
                       "it.", None, "model_not_found")
     return None

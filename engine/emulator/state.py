@@ -22,7 +22,12 @@ from typing import IO, Any, Literal
 
 import orjson
 
-from engine.emulator.bodies import MAX_EMBEDDING_INPUTS, check_line, embedding_inputs
+from engine.emulator.bodies import (
+    MAX_EMBEDDING_INPUTS,
+    MODEL_OPTIONAL,
+    check_line,
+    embedding_inputs,
+)
 from engine.emulator.clock import Clock
 from engine.emulator.config import EmulatorConfig, FaultConfig
 from engine.emulator.responders import LineFault, LineOutcome, input_tokens, respond
@@ -363,7 +368,9 @@ def validate_file(path: Path, endpoint: str) -> Validation:
                 error("streaming_unsupported", lineno,
                       "Streaming is not supported in the Batch API.", "body.stream")
             line_model = body.get("model")
-            if not isinstance(line_model, str) or not line_model:
+            if line_model is None and endpoint in MODEL_OPTIONAL:
+                pass  # the endpoint has a default model (the SDK's params mark it optional)
+            elif not isinstance(line_model, str) or not line_model:
                 error("invalid_request", lineno, "Model parameter is required.", "body.model")
             elif model is None:
                 model = line_model

@@ -265,6 +265,20 @@ async def test_chat_and_responses_objects_carry_no_unknown_fields(emu_api: Any):
     no_extra_fields((await emu_api.client.batches.list()).data)
 
 
+async def test_model_is_optional_where_the_endpoint_has_a_default(emu_api: Any):
+    # ModerationCreateParams.model is optional ("omni-moderation-latest" by default).
+    url = "/v1/moderations"
+    done = await emu_api.wait(
+        (await emu_api.submit([_line("m", url, {"input": "hello"})], endpoint=url)).id)
+    assert done.status == "completed", done.errors
+    (line,) = await emu_api.lines(done.output_file_id)
+    assert ModerationCreateResponse.model_validate(line["response"]["body"]).model
+    chat = emu_api.chat_line("c")
+    del chat["body"]["model"]
+    failed = await emu_api.wait((await emu_api.submit([chat])).id)
+    assert failed.status == "failed"
+
+
 async def test_unlisted_endpoint_is_refused(emu_api: Any):
     file_id = await emu_api.upload([emu_api.chat_line("a")])
     with pytest.raises(openai.BadRequestError) as bad:
