@@ -7,8 +7,10 @@ types (generated from the API's OpenAPI spec) or a public report of the real API
 from __future__ import annotations
 
 import argparse
+import asyncio
 import io
 import json
+import sys
 from typing import Any
 
 import jsonschema
@@ -464,6 +466,40 @@ async def test_enqueued_request_limit_is_apart_from_the_token_limit(emu_api: Any
     assert (await emu_api.wait(fits.id, {"in_progress", "failed"})).status == "in_progress"
     other = await emu_api.submit([emu_api.chat_line(f"d{i}", model="gpt-4o") for i in range(5)])
     assert (await emu_api.wait(other.id, {"in_progress", "failed"})).status == "in_progress"
+
+
+async def test_served_from_the_shell_with_a_fast_clock(tmp_path: Any):
+    # As a user runs it: the CLI in a subprocess, an unchanged client pointed at its URL.
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "engine", "emulator", "--port", "0", "--latency-s", "60",
+        "--time-scale", "200000", "--status-hold-s", "3600", "--cancelling-s", "600",
+        "--line-invalid-rate", "0.5", "--seed", "9",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
+    )
+    client: openai.AsyncOpenAI | None = None
+    try:
+        assert proc.stdout is not None
+        first = (await asyncio.wait_for(proc.stdout.readline(), 30)).decode().strip()
+        base_url = first.removeprefix("EMULATOR_URL=")
+        client = openai.AsyncOpenAI(api_key="any", base_url=base_url, max_retries=0)
+        data = "".join(json.dumps({
+            "custom_id": f"r{i}", "method": "POST", "url": "/v1/chat/completions",
+            "body": {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]},
+        }) + "\n" for i in range(4)).encode()
+        upload = await client.files.create(file=(None, data), purpose="batch")
+        batch = await client.batches.create(input_file_id=upload.id, completion_window="24h",
+                                            endpoint="/v1/chat/completions")
+        async with asyncio.timeout(30):
+            while (batch := await client.batches.retrieve(batch.id)).status != "expired":
+                await asyncio.sleep(0.02)
+        # The 24 h window passed in well under a minute of real time.
+        assert batch.expires_at - batch.created_at == 86_400
+        assert batch.expired_at >= batch.expires_at - 1
+    finally:
+        if client is not None:
+            await client.close()
+        proc.terminate()
+        await proc.wait()
 
 
 def test_cli_flags_reach_the_config():
