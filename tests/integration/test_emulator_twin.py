@@ -130,7 +130,7 @@ async def test_bad_request_bodies_come_back_as_4xx_lines(emu_api: Any):
     no_messages = ok("no-messages")
     del no_messages["body"]["messages"]
     lines = [
-        ok("fine"),
+        ok("fine", temperature=None, max_tokens=None, stop=None),  # null: as if left out
         no_messages,
         ok("hot", temperature="hot"),
         ok("too-hot", temperature=5),
@@ -174,11 +174,12 @@ async def test_bad_request_bodies_come_back_as_4xx_lines(emu_api: Any):
 async def test_responses_lines_are_checked_too(emu_api: Any):
     lines = [
         emu_api.responses_line("fine"),
+        emu_api.responses_line("template", prompt={"id": "pmpt_abc"}),  # an object here
         emu_api.responses_line("short", max_output_tokens=10),
         emu_api.responses_line("unknown", frobnicate=1),
     ]
     done, err = await error_lines(emu_api, lines, "/v1/responses")
-    assert (done.request_counts.completed, done.request_counts.failed) == (1, 2)
+    assert (done.request_counts.completed, done.request_counts.failed) == (2, 2)
     # The 16-token floor as the real API words it (vectorize-io/hindsight issue 58 quotes it).
     assert err["short"]["response"]["body"]["error"] == {
         "message": "Invalid 'max_output_tokens': integer below minimum value. Expected a value "
@@ -225,8 +226,8 @@ ENDPOINT_CASES: list[tuple[str, dict[str, Any], type]] = [
      Completion),
     ("/v1/moderations", {"model": "omni-moderation-latest", "input": ["a", "b"]},
      ModerationCreateResponse),
-    ("/v1/images/generations", {"model": "gpt-image-1", "prompt": "a cat", "n": 2},
-     ImagesResponse),
+    ("/v1/images/generations", {"model": "dall-e-3", "prompt": "a cat", "n": 2,
+                                "response_format": "b64_json"}, ImagesResponse),
     ("/v1/images/edits", {"model": "gpt-image-1", "prompt": "hat", "image": "file-abc"},
      ImagesResponse),
     ("/v1/videos", {"model": "sora-2", "prompt": "waves", "seconds": "4"}, Video),
