@@ -14,6 +14,7 @@ __all__ = ["add_arguments", "config_from_args", "run"]
 
 _RATE_FLAGS = (
     ("line_error_rate", "fraction of lines failing with 500/429 (error file)"),
+    ("line_invalid_rate", "fraction of lines refused with 400 invalid_request_error"),
     ("line_timeout_rate", "fraction of lines failing with request_timeout"),
     ("schema_break_rate", "fraction of 200 lines whose content violates the schema"),
     ("length_rate", "fraction of 200 lines cut short with finish_reason length"),
@@ -33,7 +34,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rate", type=float, default=None,
                         help="requests processed per second (per batch)")
     parser.add_argument("--expire-after-s", type=float, default=86400.0,
-                        help="batches not finished this long after creation expire")
+                        help="batches not finished this long after creation expire "
+                             "(emulated seconds)")
+    parser.add_argument("--time-scale", type=float, default=1.0,
+                        help="emulated seconds per real second for the window, file expiry and "
+                             "cancelling (3600: an hour a second)")
+    parser.add_argument("--cancelling-s", type=float, default=0.0,
+                        help="emulated seconds a cancelled batch stays cancelling")
+    parser.add_argument("--status-hold-s", type=float, default=0.0,
+                        help="emulated seconds a batch stays validating and finalizing")
+    parser.add_argument("--models", default=None,
+                        help="comma-separated models known; lines naming others get 404 "
+                             "(default: any model)")
     parser.add_argument("--seed", type=int, default=0, help="seed of every random choice")
     parser.add_argument("--api-key", default=None,
                         help="the only bearer key accepted (default: any key)")
@@ -48,6 +60,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="Retry-After sent with injected 429s")
     faults.add_argument("--enqueued-token-limit", type=int, default=None,
                         help="enqueued tokens per model over live batches")
+    faults.add_argument("--enqueued-request-limit", type=int, default=None,
+                        help="enqueued requests per model over live batches")
     faults.add_argument("--expire-fraction", type=float, default=None,
                         help="batches expire once this fraction of lines is done")
     faults.add_argument("--fail-validation", action="store_true",
@@ -60,6 +74,7 @@ def config_from_args(args: argparse.Namespace) -> EmulatorConfig:
         **{name: getattr(args, name) for name, _ in _RATE_FLAGS},
         retry_after_s=args.retry_after_s,
         enqueued_token_limit=args.enqueued_token_limit,
+        enqueued_request_limit=args.enqueued_request_limit,
         expire_fraction=args.expire_fraction,
         fail_validation=args.fail_validation,
     )
@@ -70,6 +85,11 @@ def config_from_args(args: argparse.Namespace) -> EmulatorConfig:
         latency_s=args.latency_s,
         rate_rps=args.rate,
         completion_window_s=args.expire_after_s,
+        time_scale=args.time_scale,
+        cancelling_s=args.cancelling_s,
+        status_hold_s=args.status_hold_s,
+        models=None if args.models is None else tuple(
+            m.strip() for m in args.models.split(",") if m.strip()),
         seed=args.seed,
         storage_dir=args.storage_dir,
         faults=faults,

@@ -10,6 +10,7 @@ __all__ = ["EmulatorConfig", "FaultConfig"]
 
 _RATE_FIELDS = (
     "line_error_rate",
+    "line_invalid_rate",
     "line_timeout_rate",
     "schema_break_rate",
     "length_rate",
@@ -30,6 +31,7 @@ class FaultConfig:
     """
 
     line_error_rate: float = 0.0  # lines failing with 500 or 429 + error body (error file)
+    line_invalid_rate: float = 0.0  # lines refused with 400 invalid_request_error (error file)
     line_timeout_rate: float = 0.0  # lines with error.code request_timeout
     schema_break_rate: float = 0.0  # 200 lines whose content violates the schema
     length_rate: float = 0.0  # 200 lines with finish_reason "length", cut content
@@ -39,6 +41,7 @@ class FaultConfig:
     drop_connection_rate: float = 0.0  # connection closed without a response
     retry_after_s: float = 0.01
     enqueued_token_limit: int | None = None  # per model, over live batches
+    enqueued_request_limit: int | None = None  # requests per model, over live batches
     expire_fraction: float | None = None  # batches expire once this fraction is done
     fail_validation: bool = False  # every batch fails validation
 
@@ -49,8 +52,8 @@ class FaultConfig:
             if not 0.0 <= value <= 1.0:
                 raise ConfigError(f"faults.{name}: {value!r} is not within 0..1")
         line = (
-            self.line_error_rate + self.line_timeout_rate + self.schema_break_rate
-            + self.length_rate
+            self.line_error_rate + self.line_invalid_rate + self.line_timeout_rate
+            + self.schema_break_rate + self.length_rate
         )
         http = self.http_429_rate + self.http_500_rate + self.http_503_rate
         if line > 1.0 + 1e-9:
@@ -61,6 +64,8 @@ class FaultConfig:
             raise ConfigError(f"faults.retry_after_s: {self.retry_after_s!r} is negative")
         if self.enqueued_token_limit is not None and self.enqueued_token_limit < 1:
             raise ConfigError("faults.enqueued_token_limit: must be at least 1")
+        if self.enqueued_request_limit is not None and self.enqueued_request_limit < 1:
+            raise ConfigError("faults.enqueued_request_limit: must be at least 1")
         if self.expire_fraction is not None and not 0.0 <= self.expire_fraction <= 1.0:
             raise ConfigError(f"faults.expire_fraction: {self.expire_fraction!r} not in 0..1")
 
@@ -83,7 +88,17 @@ class EmulatorConfig:
     api_key: str | None = field(default=None, repr=False)  # None: any bearer key is accepted
     latency_s: float = 0.0  # time a batch spends in_progress before finalizing
     rate_rps: float | None = None  # and/or: requests processed per second
-    completion_window_s: float = 86400.0  # a batch not done by then expires
+    completion_window_s: float = 86400.0  # a batch not done by then expires (emulated seconds)
+    # The emulated clock runs this many times faster than real time: the 24 h window, file
+    # expiry and ``cancelling_s`` are emulated seconds, so 3600.0 turns an hour into a second.
+    # latency_s and rate_rps stay real time (they pace tests, not the API's lifecycle).
+    time_scale: float = 1.0
+    cancelling_s: float = 0.0  # how long a cancelled batch stays cancelling (real API: <= 10 min)
+    # How long a batch stays validating, and finalizing, so a poller sees every intermediate
+    # status (emulated seconds). 0 keeps the fast default: a batch may pass both between polls.
+    status_hold_s: float = 0.0
+    # Models the emulator knows; a line naming another gets 404 model_not_found. None: any.
+    models: tuple[str, ...] | None = None
     seed: int = 0
     storage_dir: str | None = None  # files live on disk here (a removed temp dir when None)
     faults: FaultConfig = field(default_factory=FaultConfig)
@@ -102,3 +117,9 @@ class EmulatorConfig:
             raise ConfigError(f"rate_rps: {self.rate_rps!r} must be positive")
         if self.completion_window_s <= 0:
             raise ConfigError(f"completion_window_s: {self.completion_window_s!r} not positive")
+        if self.time_scale <= 0:
+            raise ConfigError(f"time_scale: {self.time_scale!r} must be positive")
+        if self.cancelling_s < 0:
+            raise ConfigError(f"cancelling_s: {self.cancelling_s!r} is negative")
+        if self.status_hold_s < 0:
+            raise ConfigError(f"status_hold_s: {self.status_hold_s!r} is negative")

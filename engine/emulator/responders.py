@@ -28,7 +28,9 @@ __all__ = [
     "user_text",
 ]
 
-LineFault = Literal["error_500", "error_429", "timeout", "schema_break", "length"] | None
+LineFault = Literal[
+    "error_500", "error_429", "error_400", "timeout", "schema_break", "length"
+] | None
 
 _ERROR_500 = {
     "message": "The server had an error while processing your request. Sorry about that!",
@@ -42,6 +44,25 @@ _ERROR_429 = {
     "param": None,
     "code": "rate_limit_exceeded",
 }
+_ERROR_400 = {
+    "message": "Injected invalid request (emulator fault line_invalid_rate).",
+    "type": "invalid_request_error",
+    "param": None,
+    "code": None,
+}
+# A 1x1 transparent PNG: the image endpoints' answers carry a real, tiny image.
+_PNG_1X1 = (
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kgAAAABJRU5E"
+    "rkJggg=="
+)
+_MODERATION_CATEGORIES = (
+    ("harassment", ("text",)), ("harassment/threatening", ("text",)), ("hate", ("text",)),
+    ("hate/threatening", ("text",)), ("illicit", ("text",)), ("illicit/violent", ("text",)),
+    ("self-harm", ("text", "image")), ("self-harm/instructions", ("text", "image")),
+    ("self-harm/intent", ("text", "image")), ("sexual", ("text", "image")),
+    ("sexual/minors", ("text",)), ("violence", ("text", "image")),
+    ("violence/graphic", ("text", "image")),
+)
 
 
 @dataclass(frozen=True)
@@ -109,13 +130,26 @@ def _embedding_inputs(body: dict[str, Any]) -> list[str]:
 
 def input_tokens(endpoint: str, body: dict[str, Any]) -> int:
     """Estimated input tokens of one request (what usage and the enqueued limit count)."""
-    if endpoint == "/v1/embeddings":
+    if endpoint in ("/v1/embeddings", "/v1/moderations"):
         return sum(estimate_tokens(t) for t in _embedding_inputs(body))
+    if endpoint in ("/v1/completions", "/v1/images/generations", "/v1/images/edits",
+                    "/v1/videos"):
+        return estimate_tokens(_prompt_text(body))
     return sum(estimate_tokens(text) + 4 for _, text in _messages(endpoint, body))
+
+
+def _prompt_text(body: dict[str, Any]) -> str:
+    """Return the ``prompt`` of a completions, image or video request, as one string."""
+    prompt = body.get("prompt")
+    if isinstance(prompt, list):
+        return "\n".join(p if isinstance(p, str) else json.dumps(p) for p in prompt)
+    return prompt if isinstance(prompt, str) else ""
 
 
 def user_text(endpoint: str, body: dict[str, Any]) -> str:
     """Return the user's text of a request (what a rule-based extractor reads)."""
+    if endpoint == "/v1/completions":
+        return _prompt_text(body)
     texts = [text for role, text in _messages(endpoint, body) if role == "user"]
     return "\n".join(texts)
 
@@ -184,12 +218,20 @@ def respond(
         return LineOutcome(500, {"error": dict(_ERROR_500)}, None, 0, 0)
     if fault == "error_429":
         return LineOutcome(429, {"error": dict(_ERROR_429)}, None, 0, 0)
+    if fault == "error_400":
+        return LineOutcome(400, {"error": dict(_ERROR_400)}, None, 0, 0)
     if fault == "timeout":
         error = {"code": "request_timeout", "message": "The request timed out."}
         return LineOutcome(None, None, error, 0, 0)
     prompt = input_tokens(endpoint, body)
     if endpoint == "/v1/embeddings":
         return LineOutcome(200, _embeddings(body, prompt), None, prompt, 0)
+    other = _OTHER_ENDPOINTS.get(endpoint)
+    if other is not None:
+        answer, output = other(body, prompt, rng, created)
+        return LineOutcome(200, answer, None, prompt, output)
+    if endpoint == "/v1/chat/completions" and _wants_tool_call(body):
+        return LineOutcome(200, _chat_tool_call(body, prompt, rng, created), None, prompt, 20)
     text = _answer(endpoint, body, rng, broken=fault == "schema_break")
     wanted = estimate_tokens(text)
     limit = _limit(endpoint, body)
@@ -201,7 +243,152 @@ def respond(
     if endpoint == "/v1/responses":
         return LineOutcome(200, _response(body, text, prompt, wanted, cut, created), None, prompt,
                            wanted)
-    return LineOutcome(200, _chat(body, text, prompt, wanted, cut, created), None, prompt, wanted)
+    chat = _chat(body, text, prompt, wanted, cut, created)
+    choices = _n(body)
+    if choices > 1:  # n answers, each drawn afresh; usage counts every choice's tokens
+        for index in range(1, choices):
+            extra = _answer(endpoint, body, rng, broken=fault == "schema_break")
+            if limit is not None and estimate_tokens(extra) > limit:
+                extra = _cut(extra, limit)
+            wanted += estimate_tokens(extra)
+            chat["choices"].append({**chat["choices"][0], "index": index, "message": {
+                **chat["choices"][0]["message"], "content": extra}})
+        chat["usage"]["completion_tokens"] = wanted
+        chat["usage"]["total_tokens"] = prompt + wanted
+    return LineOutcome(200, chat, None, prompt, wanted)
+
+
+def _n(body: dict[str, Any]) -> int:
+    """Return how many choices a request asks for (``n``, default 1)."""
+    value = body.get("n")
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 1
+
+
+def _wants_tool_call(body: dict[str, Any]) -> bool:
+    """Tell whether a chat request must call a function (tools + forcing tool_choice)."""
+    tools = [t for t in body.get("tools") or [] if isinstance(t, dict)
+             and t.get("type") == "function"]
+    choice = body.get("tool_choice")
+    return bool(tools) and (choice == "required" or isinstance(choice, dict))
+
+
+def _chat_tool_call(
+    body: dict[str, Any], prompt: int, rng: random.Random, created: int
+) -> dict[str, Any]:
+    """Build a chat.completion calling one function, arguments filling its schema."""
+    tools = [t["function"] for t in body["tools"] if isinstance(t, dict)
+             and t.get("type") == "function" and isinstance(t.get("function"), dict)]
+    choice = body.get("tool_choice")
+    wanted = choice.get("function", {}).get("name") if isinstance(choice, dict) else None
+    function = next((f for f in tools if f.get("name") == wanted), tools[0] if tools else {})
+    arguments = fill_schema(dict(function.get("parameters") or {"type": "object"}), rng)
+    calls = [{"id": f"call_{uuid.uuid4().hex[:24]}", "type": "function", "function": {
+        "name": str(function.get("name", "")), "arguments": json.dumps(arguments)}}]
+    chat = _chat(body, "", prompt, 20, False, created)
+    choice_0 = chat["choices"][0]
+    choice_0["message"].update(content=None, tool_calls=calls)
+    choice_0["finish_reason"] = "tool_calls"
+    for index in range(1, _n(body)):
+        chat["choices"].append({**choice_0, "index": index})
+    return chat
+
+
+def _completion(
+    body: dict[str, Any], prompt: int, rng: random.Random, created: int
+) -> tuple[dict[str, Any], int]:
+    """Build a legacy ``text_completion`` (Completion) with ``n`` choices."""
+    first = _prompt_text(body)[:60].replace("\n", " ")
+    limit = _limit("/v1/completions", body)
+    choices = []
+    output = 0
+    for index in range(_n(body)):
+        text = f" Emulated completion ({rng.choice(('one', 'two', 'three'))}) of: {first}"
+        cut = limit is not None and estimate_tokens(text) > limit
+        if cut:
+            text = _cut(text, limit or 0)
+        output += estimate_tokens(text)
+        choices.append({"index": index, "text": text, "logprobs": None,
+                        "finish_reason": "length" if cut else "stop"})
+    return {
+        "id": f"cmpl-{uuid.uuid4().hex[:29]}",
+        "object": "text_completion",
+        "created": created,
+        "model": body.get("model", ""),
+        "choices": choices,
+        "usage": {"prompt_tokens": prompt, "completion_tokens": output,
+                  "total_tokens": prompt + output},
+        "system_fingerprint": "fp_emulator",
+    }, output
+
+
+def _moderation(
+    body: dict[str, Any], prompt: int, rng: random.Random, created: int
+) -> tuple[dict[str, Any], int]:
+    """Build a ModerationCreateResponse: one result per input, never flagged, low scores."""
+    results = []
+    for _text in _embedding_inputs(body) or [""]:
+        results.append({
+            "flagged": False,
+            "categories": {name: False for name, _ in _MODERATION_CATEGORIES},
+            "category_scores": {name: round(rng.random() * 1e-4, 8)
+                                for name, _ in _MODERATION_CATEGORIES},
+            "category_applied_input_types": {name: ["text"] for name, _ in
+                                             _MODERATION_CATEGORIES},
+        })
+    model = body.get("model") or "omni-moderation-latest"
+    return {"id": f"modr-{uuid.uuid4().hex}", "model": model, "results": results}, 0
+
+
+def _images(
+    body: dict[str, Any], prompt: int, rng: random.Random, created: int
+) -> tuple[dict[str, Any], int]:
+    """Build an ImagesResponse carrying ``n`` tiny PNGs as b64_json."""
+    count = _n(body)
+    output = 272 * count  # a low-quality square image's output tokens, roughly
+    return {
+        "created": created,
+        "data": [{"b64_json": _PNG_1X1, "revised_prompt": None} for _ in range(count)],
+        "background": "opaque",
+        "output_format": "png",
+        "quality": "low",
+        "size": "1024x1024",
+        "usage": {
+            "input_tokens": prompt,
+            "input_tokens_details": {"image_tokens": 0, "text_tokens": prompt},
+            "output_tokens": output,
+            "total_tokens": prompt + output,
+        },
+    }, output
+
+
+def _video(
+    body: dict[str, Any], prompt: int, rng: random.Random, created: int
+) -> tuple[dict[str, Any], int]:
+    """Build a Video job object, already completed (its content is not served)."""
+    return {
+        "id": f"video_{uuid.uuid4().hex}",
+        "object": "video",
+        "created_at": created,
+        "completed_at": created,
+        "expires_at": None,
+        "error": None,
+        "model": body.get("model", "sora-2"),
+        "progress": 100,
+        "prompt": _prompt_text(body),
+        "remixed_from_video_id": None,
+        "seconds": str(body.get("seconds", "4")),
+        "size": str(body.get("size", "720x1280")),
+        "status": "completed",
+    }, 0
+
+
+_OTHER_ENDPOINTS = {
+    "/v1/completions": _completion,
+    "/v1/moderations": _moderation,
+    "/v1/images/generations": _images,
+    "/v1/images/edits": _images,
+    "/v1/videos": _video,
+}
 
 
 def _chat(

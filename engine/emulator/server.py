@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import codecs
 import hmac
 import logging
 import random
 import shutil
 import tempfile
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from types import TracebackType
 from typing import Any
 
 from aiohttp import BodyPartReader, web
 
+from engine.emulator.bodies import ENDPOINTS
 from engine.emulator.config import EmulatorConfig, FaultConfig
 from engine.emulator.state import (
     Batch,
@@ -27,10 +29,19 @@ __all__ = ["Emulator"]
 
 log = logging.getLogger("engine.emulator")
 
+# BatchCreateParams.input_file_id: a batch input file "can be up to 200 MB in size"; the Files
+# API takes up to 512 MB for every other purpose.
 MAX_FILE_BYTES = 200 * 1024 * 1024
+MAX_OTHER_FILE_BYTES = 512 * 1024 * 1024
+# FileCreateParams.expires_after: "By default, files with purpose=batch expire after 30 days";
+# expires_after.seconds and output_expires_after.seconds "Must be between 3600 and 2592000".
+BATCH_FILE_EXPIRY_S = 2_592_000
+EXPIRY_RANGE_S = (3600, 2_592_000)
 _CHUNK = 1 << 16
 _PURPOSES = ("assistants", "batch", "fine-tune", "vision", "user_data", "evals")
-_ENDPOINTS = ("/v1/chat/completions", "/v1/responses", "/v1/embeddings")
+_ENDPOINTS = ENDPOINTS
+_NOT_JSONL = "Invalid file format for Batch API. Must be .jsonl"
+_NOT_UTF8 = "Invalid file for Batch API. Must be utf-8 encoded"
 _STATE_KEY: web.AppKey[EmulatorState] = web.AppKey("state", EmulatorState)
 _EMULATOR_KEY: web.AppKey[Emulator] = web.AppKey("emulator")
 _NO_KEY = (
@@ -122,15 +133,20 @@ async def _auth_and_faults(request: web.Request, handler: Any) -> web.StreamResp
 
 
 def _file_or_404(state: EmulatorState, file_id: str) -> StoredFile:
-    """Return the stored file, or raise the API's 404."""
-    stored = state.files.get(file_id)
+    """Return the stored file, or raise the API's 404 (also for an expired file)."""
+    stored = state.live_file(file_id)
     if stored is None:
         raise ApiError(404, f"No such File object: {file_id}", param="id")
     return stored
 
 
 async def _upload(request: web.Request) -> web.Response:
-    """POST /v1/files: stream the multipart ``file`` part to disk in chunks."""
+    """POST /v1/files: stream the multipart ``file`` part to disk in chunks, then check it.
+
+    A ``file`` part with no file name, or one without an extension, is accepted: the openai SDK
+    sends raw bytes so (``filename="upload"`` for bytes or BytesIO, none for ``(None, bytes)``),
+    and the real API takes them. A batch file named with another extension is refused.
+    """
     state = request.app[_STATE_KEY]
     if not request.content_type.startswith("multipart/"):
         raise ApiError(400, "Expected a multipart/form-data request.")
@@ -138,6 +154,8 @@ async def _upload(request: web.Request) -> web.Response:
     partial = state.storage_dir / f"{file_id}.upload"
     purpose: str | None = None
     filename: str | None = None
+    text_ok = True
+    expiry: dict[str, str] = {}
     size = 0
     try:
         reader = await request.multipart()
@@ -147,8 +165,10 @@ async def _upload(request: web.Request) -> web.Response:
             if part.name == "purpose":
                 purpose = (await part.text()).strip()
             elif part.name == "file":
-                filename = part.filename or "file"
-                size = await _save_part(part, partial)
+                filename = part.filename or "upload"
+                size, text_ok = await _save_part(part, partial, purpose)
+            elif part.name in ("expires_after[anchor]", "expires_after[seconds]"):
+                expiry[part.name[len("expires_after["):-1]] = (await part.text()).strip()
             else:
                 await part.release()
         if purpose is None:
@@ -160,33 +180,99 @@ async def _upload(request: web.Request) -> web.Response:
         if purpose not in _PURPOSES:
             raise ApiError(400, f"'{purpose}' is not one of {list(_PURPOSES)} - 'purpose'",
                            param="purpose", code="invalid_value")
-        if purpose == "batch" and not filename.endswith(".jsonl"):
-            raise ApiError(400, "Invalid file format for Batch API. Must be .jsonl",
-                           param="file")
+        expires_after_s = _check_expiry(expiry, "expires_after") if expiry else None
+        if purpose == "batch":
+            suffix = PurePosixPath(filename).suffix
+            if suffix and suffix.lower() != ".jsonl":
+                raise ApiError(400, _NOT_JSONL)
+            if size > MAX_FILE_BYTES:
+                raise _too_large(MAX_FILE_BYTES)
+            if not text_ok:
+                raise ApiError(400, _NOT_UTF8)
+            if expires_after_s is None:
+                expires_after_s = BATCH_FILE_EXPIRY_S
         partial.rename(state.file_path(file_id))
-        stored = state.add_file(file_id, filename, purpose, size)
+        stored = state.add_file(file_id, filename, purpose, size, expires_after_s)
     finally:
         partial.unlink(missing_ok=True)
     log.info("file %s uploaded (%d bytes, purpose %s)", file_id, size, purpose)
     return web.json_response(stored.to_json())
 
 
-async def _save_part(part: BodyPartReader, dest: Path) -> int:
-    """Copy one multipart part to ``dest`` chunk by chunk; refuse more than 200 MB."""
+def _too_large(limit: int) -> ApiError:
+    """Build the 400 for a file over ``limit`` bytes."""
+    return ApiError(400, f"File is too large: the limit for this purpose is "
+                    f"{limit // (1024 * 1024)} MB.", param="file", code="file_too_large")
+
+
+def _check_expiry(given: Any, name: str) -> int:
+    """Validate an ``expires_after``-shaped value ({anchor: created_at, seconds}); seconds."""
+    if not isinstance(given, dict):
+        raise ApiError(400, f"Invalid type for '{name}': expected an object, but got "
+                       f"{type(given).__name__} instead.", param=name, code="invalid_type")
+    for key in ("anchor", "seconds"):
+        if key not in given:
+            raise ApiError(400, f"Missing required parameter: '{name}.{key}'.",
+                           param=f"{name}.{key}", code="missing_required_parameter")
+    if given["anchor"] != "created_at":
+        raise ApiError(400, f"Invalid value: '{given['anchor']}'. Supported values are: "
+                       "'created_at'.", param=f"{name}.anchor", code="invalid_value")
+    raw = given["seconds"]
+    try:
+        if isinstance(raw, (bool, float)):
+            raise ValueError(raw)
+        seconds = int(raw)
+    except (TypeError, ValueError) as exc:
+        raise ApiError(400, f"Invalid type for '{name}.seconds': expected an integer, but got "
+                       f"'{raw}' instead.", param=f"{name}.seconds",
+                       code="invalid_type") from exc
+    low, high = EXPIRY_RANGE_S
+    if seconds < low:
+        raise ApiError(400, f"Invalid '{name}.seconds': integer below minimum value. Expected "
+                       f"a value >= {low}, but got {seconds} instead.", param=f"{name}.seconds",
+                       code="integer_below_min_value")
+    if seconds > high:
+        raise ApiError(400, f"Invalid '{name}.seconds': integer above maximum value. Expected "
+                       f"a value <= {high}, but got {seconds} instead.", param=f"{name}.seconds",
+                       code="integer_above_max_value")
+    return seconds
+
+
+async def _save_part(part: BodyPartReader, dest: Path, purpose: str | None) -> tuple[int, bool]:
+    """Copy one multipart part to ``dest`` chunk by chunk; return (size, is utf-8 text).
+
+    The cap is the purpose's when the purpose came first (the SDK sends it first), else the
+    larger one and the batch cap is applied after. NUL bytes count as not text: a UTF-16 file
+    without a byte-order mark is valid UTF-8 byte by byte but is not what the API accepts.
+    """
+    limit = MAX_FILE_BYTES if purpose == "batch" else MAX_OTHER_FILE_BYTES
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    text_ok = True
     size = 0
     with dest.open("wb") as fh:
         while chunk := await part.read_chunk(_CHUNK):
             size += len(chunk)
-            if size > MAX_FILE_BYTES:
-                raise ApiError(400, "File is too large: the Batch API accepts at most 200 MB.",
-                               param="file", code="file_too_large")
+            if size > limit:
+                raise _too_large(limit)
+            if text_ok:
+                try:
+                    decoder.decode(chunk)
+                except UnicodeDecodeError:
+                    text_ok = False
+                text_ok = text_ok and b"\x00" not in chunk
             fh.write(chunk)
-    return size
+    if text_ok:
+        try:
+            decoder.decode(b"", final=True)
+        except UnicodeDecodeError:
+            text_ok = False
+    return size, text_ok
 
 
 async def _list_files(request: web.Request) -> web.Response:
     """GET /v1/files (newest first, optional purpose, after/limit)."""
     state = request.app[_STATE_KEY]
+    state.expire_files()
     purpose = request.query.get("purpose")
     files = [f for f in state.files.values() if purpose is None or f.purpose == purpose]
     files.sort(key=lambda f: f.created_at, reverse=request.query.get("order", "desc") == "desc")
@@ -272,14 +358,17 @@ async def _create_batch(request: web.Request) -> web.Response:
         raise ApiError(400, f"Invalid value: '{body['completion_window']}'. Supported values "
                        "are: '24h'.", param="completion_window", code="invalid_value")
     metadata = _check_metadata(body.get("metadata"))
-    input_file = state.files.get(str(body["input_file_id"]))
+    output_expires_s = None
+    if body.get("output_expires_after") is not None:
+        output_expires_s = _check_expiry(body["output_expires_after"], "output_expires_after")
+    input_file = state.live_file(str(body["input_file_id"]))
     if input_file is None:
         raise ApiError(404, f"No such File object: {body['input_file_id']}",
                        param="input_file_id")
     if input_file.purpose != "batch":
         raise ApiError(400, "The input file must be uploaded with purpose 'batch'.",
                        param="input_file_id")
-    batch = state.create_batch(input_file, endpoint, "24h", metadata)
+    batch = state.create_batch(input_file, endpoint, "24h", metadata, output_expires_s)
     return web.json_response(batch.to_json())
 
 
@@ -415,6 +504,14 @@ class Emulator:
     def force_expire(self, batch_id: str) -> None:
         """Expire a live batch now: finished lines kept, the rest ``batch_expired``."""
         self._live_state().force_expire(batch_id)
+
+    def advance_clock(self, seconds: float) -> None:
+        """Move the emulated clock ``seconds`` on: windows, file expiry and cancelling see it."""
+        self._live_state().advance_clock(seconds)
+
+    def now(self) -> float:
+        """Return the emulated Unix time (what ``created_at`` and ``expires_at`` count in)."""
+        return self._live_state().clock.now()
 
     def duplicate_live_custom_ids(self) -> set[str]:
         """custom_ids that were in two batches whose live intervals overlapped."""

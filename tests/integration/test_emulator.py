@@ -159,14 +159,15 @@ async def test_small_max_tokens_gives_length_and_cut_content(emu_api: Any):
             json.loads(choice["message"]["content"])
     assert out["c3"]["choices"][0]["finish_reason"] == "stop"
 
-    resp_lines = [emu_api.responses_line("r1", max_output_tokens=2)]
+    # The Responses API refuses max_output_tokens below 16 (its 400 integer_below_min_value).
+    resp_lines = [emu_api.responses_line("r1", max_output_tokens=16)]
     done = await emu_api.wait((await emu_api.submit(resp_lines, endpoint="/v1/responses")).id)
     body = (await emu_api.lines(done.output_file_id))[0]["response"]["body"]
     response = Response.model_validate(body)
     assert response.status == "incomplete"
     assert response.incomplete_details is not None
     assert response.incomplete_details.reason == "max_output_tokens"
-    assert len(response.output_text) <= 8
+    assert len(response.output_text) <= 64
 
 
 async def test_resume_schema_uses_rule_extractor_or_falls_back(
@@ -361,7 +362,10 @@ async def test_expiry_at_a_fraction_keeps_finished_lines(emu_api: Any, emu: Emul
     assert done.status == "expired"
     assert done.expired_at is not None
     assert history(emu, batch.id) == ["validating", "in_progress", "expired"]
-    assert (done.request_counts.completed, done.request_counts.failed) == (3, 3)
+    # Lines the window cut off count neither as completed nor as failed: the real API showed
+    # an expired batch as {total: 10, completed: 1, failed: 0} (warmbly/warmbly PR 333).
+    assert (done.request_counts.total, done.request_counts.completed,
+            done.request_counts.failed) == (6, 3, 0)
     out = await emu_api.lines(done.output_file_id)
     err = await emu_api.lines(done.error_file_id)
     assert len(out) == 3
@@ -461,7 +465,9 @@ async def test_error_shapes_and_codes(emu_api: Any, emu: Emulator):
                                completion_window="24h")
     with pytest.raises(openai.BadRequestError) as bad:
         await c.files.create(file=("notes.txt", b"{}\n"), purpose="batch")
-    assert bad.value.body["param"] == "file"
+    # The real API's answer, as seen through a proxy (BerriAI/litellm PR 37527): param null.
+    assert bad.value.body == {"message": "Invalid file format for Batch API. Must be .jsonl",
+                              "type": "invalid_request_error", "param": None, "code": None}
     done = await emu_api.wait((await emu_api.submit([emu_api.chat_line("a")])).id)
     with pytest.raises(openai.ConflictError) as conflict:
         await c.batches.cancel(done.id)
