@@ -39,6 +39,13 @@ from engine.producer import CLAIM_CHUNK, Producer
 from engine.requests import InputRejected, RequestRenderer, parse_custom_id
 from engine.results import ResultParser, Usage
 from engine.settings import ApiSettings, EngineSettings, StoreSettings
+from engine.spool import (
+    disk_full_as_error,
+    ensure_private_dir,
+    open_private,
+    warn_if_shared,
+    write_all,
+)
 from engine.store import BatchRecord, ClaimedItem, RequeueRow, Store
 from engine.submitter import Submitter, TokenBudget
 from engine.writer import Writer
@@ -219,7 +226,7 @@ class CostCeiling:
         await ctx.record_batch(record, state="abandoned", error=reason[:2000])
         ctx.emit(EngineEvent(kind="error", job=ctx.job.name, batch_id=record.id,
                              state="cost_ceiling", rows=len(rows), message=reason))
-        ctx.spool_path(record.id).unlink(missing_ok=True)
+        ctx.remove_spool(record.id)
         await ctx.done_with(record.id)
 
 
@@ -464,7 +471,7 @@ class Engine:
         store, job, settings = ctx.store, self.job, self.settings
         await store.discover(job)
         first = path or ctx.spool_path("dry-run")
-        first.parent.mkdir(parents=True, exist_ok=True)
+        ensure_private_dir(first.parent)
         held: list[tuple[str, str]] = []
         seen: set[str] = set()
         rejected = requests = input_tokens = batches = 0
@@ -473,7 +480,7 @@ class Engine:
         first_open = True
         cap = settings.max_batch_tokens
         try:
-            with first.open("wb") as out:
+            with open_private(first) as out:
                 while True:
                     claimed = await store.claim(job, self.worker_id, CLAIM_CHUNK, settings.lease_s)
                     held.extend((item.key, item.claim_token) for item in claimed)
@@ -509,7 +516,7 @@ class Engine:
                             first_requests, first_bytes = first_requests + 1, first_bytes + size
                             first_tokens += tokens
                     if lines:
-                        await asyncio.to_thread(out.writelines, lines)
+                        await asyncio.to_thread(write_all, out, lines, first.parent)
         finally:
             if held:
                 try:
@@ -663,6 +670,9 @@ class Engine:
         adopted = await adopt()
         if adopted:
             log.info("recovered %d batches of %s", adopted, self.job.name)
+        ensure_private_dir(ctx.spool_dir)
+        warn_if_shared(ctx.spool_dir)
+        await self._sweep_spool(ctx)
         producer_finished = asyncio.Event()
 
         async def run_producer() -> None:
@@ -693,6 +703,7 @@ class Engine:
             raise
         finally:
             await self._hand_over(ctx)
+            await self._sweep_spool(ctx)
 
     async def _supervise(self, ctx: PipelineContext, producer_finished: asyncio.Event) -> None:
         """Wait for stop() or for the producer to finish and every owned batch to be applied."""
@@ -774,12 +785,19 @@ class Engine:
                 await writer.accept(record)
         return count
 
+    async def _sweep_spool(self, ctx: PipelineContext) -> None:
+        """Remove spool files left by batches that ended or were never bound."""
+        try:
+            await asyncio.shield(ctx.sweep_spool())
+        except Exception as exc:  # the next run sweeps again; never mask the run's outcome
+            log.warning("spool: could not remove old batch files: %s", exc)
+
     async def _rebuild_spool(self, ctx: PipelineContext, record: BatchRecord) -> None:
         """Re-render a draft's JSONL from the database (the spool was on another machine)."""
         items = await ctx.store.batch_items(record.id)
         rows = await ctx.store.fetch_source_rows(self.job, [key for key, *_ in items])
         path = ctx.spool_path(record.id)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        ensure_private_dir(path.parent)
         lines: list[bytes] = []
         for key, token, custom_id, _attempts in items:
             _job, _key, attempt = parse_custom_id(custom_id)
@@ -804,8 +822,12 @@ def _causes(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
 
 
 def _write_lines(path: Path, lines: list[bytes]) -> None:
-    """Write a spool file atomically."""
+    """Write a spool file atomically (0600; a full disk is a SpoolFullError)."""
     tmp = path.with_suffix(".tmp")
-    with tmp.open("wb") as out:
-        out.writelines(lines)
+    try:
+        with disk_full_as_error(path.parent), open_private(tmp) as out:
+            out.writelines(lines)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     tmp.replace(path)
