@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import io
 import logging
 import os
 import re
@@ -114,7 +115,20 @@ def open_private(path: Path) -> BinaryIO:
         except BaseException:
             os.close(fd)
             raise
-        return os.fdopen(fd, "wb")
+        return _PrivateWriter(io.FileIO(fd, "wb"), path.parent)
+
+
+class _PrivateWriter(io.BufferedWriter):
+    """A buffered spool file whose last flush, at close, also reports a full disk clearly."""
+
+    def __init__(self, raw: io.FileIO, directory: Path) -> None:
+        super().__init__(raw)
+        self._directory = directory
+
+    def close(self) -> None:
+        """Flush and close; "no space left" becomes SpoolFullError (the fd is closed anyway)."""
+        with disk_full_as_error(self._directory):
+            super().close()
 
 
 def write_all(out: BinaryIO, lines: Iterable[bytes], directory: Path) -> None:
