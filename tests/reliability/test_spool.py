@@ -155,8 +155,9 @@ async def test_adopted_batches_download_into_a_spool_that_did_not_exist(
                               str(tmp_path / "first"), env=env_for(emu))
             assert first.code == 0, first.stderr[-3000:]
             other = tmp_path / "other" / "spool"
+            # One slot, held by the adopted batch: its download is the first write.
             run = await cli("run", "--job", str(job), "--until-idle", "--spool-dir", str(other),
-                            env=env_for(emu))
+                            "--max-in-flight", "1", env=env_for(emu))
             assert run.code == 0, run.stderr[-3000:]
             assert_all_done_once(db, emu, restarts=1)
             assert mode(other) == 0o700
