@@ -149,8 +149,10 @@ class BatchApi:
 
     def _redact(self, text: str) -> str:
         """Mask the key (and anything key-shaped) in a server message."""
+        if self._settings.api_key:
+            text = text.replace(self._settings.api_key, "***")
         # Also the server's own partly starred echo of the key (sk-proj-****...1234).
-        return _KEY_LIKE.sub(r"\1***", mask(text, [self._settings.api_key]))
+        return mask(_KEY_LIKE.sub(r"\1***", text), [self._settings.api_key])
 
     def _map(self, what: str, exc: Exception) -> BatchApiError:
         """Turn an SDK or transport exception into the engine's tree."""
