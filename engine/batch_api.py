@@ -46,8 +46,10 @@ from engine.errors import (
     LeaseExpiredError,
     TransientApiError,
 )
+from engine.masking import mask
 from engine.retry import retry_api
 from engine.settings import ApiSettings
+from engine.spool import disk_full_as_error, open_private
 
 __all__ = ["BatchApi"]
 
@@ -149,7 +151,8 @@ class BatchApi:
         """Mask the key (and anything key-shaped) in a server message."""
         if self._settings.api_key:
             text = text.replace(self._settings.api_key, "***")
-        return _KEY_LIKE.sub(r"\1***", text)
+        # Also the server's own partly starred echo of the key (sk-proj-****...1234).
+        return mask(_KEY_LIKE.sub(r"\1***", text), [self._settings.api_key])
 
     def _map(self, what: str, exc: Exception) -> BatchApiError:
         """Turn an SDK or transport exception into the engine's tree."""
@@ -227,7 +230,7 @@ class BatchApi:
             try:
                 async with self._client.files.with_streaming_response.content(file_id) as resp:
                     expected = resp.http_response.headers.get("content-length")
-                    with part.open("wb") as out:
+                    with disk_full_as_error(dest.parent), open_private(part) as out:
                         async for chunk in resp.iter_bytes(_CHUNK):
                             out.write(chunk)
                             written += len(chunk)

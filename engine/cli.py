@@ -88,6 +88,9 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--worker-id", default=os.environ.get("ENGINE_WORKER_ID"),
                         help="stable id so a restart re-attaches to its batches at once")
     parser.add_argument("--spool-dir", default=None, help="where batch files are written")
+    parser.add_argument("--keep-spool", action="store_true", default=None,
+                        help="keep batch files after their batch ends (they hold the rows' "
+                             "text and answers; deleted by default)")
 
 
 def _add_engine_flags(parser: argparse.ArgumentParser) -> None:
@@ -220,11 +223,24 @@ def _setup_logging(args: argparse.Namespace) -> None:
 
 def _mask(text: str) -> str:
     """Redact secrets from text the CLI prints itself (errors, tables)."""
+    if _redactor is not None:  # knows the key and every DSN this command has used
+        return _redactor.mask(text)
     from engine.logs import redact
 
     secrets = [os.environ.get("OPENAI_API_KEY", "")]
     secrets.extend(secrets_of_dsn(os.environ.get("ENGINE_DSN")))
     return redact(text, [s for s in secrets if s])
+
+
+def _mask_data(data: Any) -> Any:
+    """Mask every string in JSON-ready data (before encoding, so the JSON stays valid)."""
+    if isinstance(data, str):
+        return _mask(data)
+    if isinstance(data, dict):
+        return {key: _mask_data(value) for key, value in data.items()}
+    if isinstance(data, list | tuple):
+        return [_mask_data(value) for value in data]
+    return data
 
 
 # -- building the engine from arguments ------------------------------------------------------
@@ -269,6 +285,7 @@ def _engine_settings(args: argparse.Namespace, loaded: Any) -> Any:
         max_attempts=getattr(args, "max_attempts", None),
         worker_id=args.worker_id,
         spool_dir=args.spool_dir,
+        keep_spool_files=args.keep_spool,
     )
     if settings.min_check_interval_s > settings.check_interval_s:
         from dataclasses import replace
@@ -492,7 +509,8 @@ async def _cmd_demo(args: argparse.Namespace) -> int:
 
 def _json(data: Any) -> str:
     """Pretty JSON, datetimes as ISO text, secrets masked."""
-    return _mask(orjson.dumps(data, option=orjson.OPT_INDENT_2, default=str).decode())
+    plain = orjson.loads(orjson.dumps(data, default=str))
+    return orjson.dumps(_mask_data(plain), option=orjson.OPT_INDENT_2).decode()
 
 
 def _console() -> Any:
@@ -643,7 +661,7 @@ def _fmt_batch(record: Any) -> str:
         f"{record.remote_status or '-':<11} {record.request_completed}/{record.request_total} "
         f"failed={record.request_failed} tokens in/out={record.input_tokens}/"
         f"{record.output_tokens} cost=${record.cost_usd:.4f}"
-        + (f" error={record.error[:120]}" if record.error else "")
+        + (f" error={_mask(record.error[:120])}" if record.error else "")
     )
 
 

@@ -7,20 +7,24 @@ the ODBC driver, the engine's tables, the source table and columns, the API and 
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import Callable
 from typing import Any
 
 from engine.errors import EngineError
+from engine.masking import dsn_secrets, mask
 from engine.settings import ApiSettings, StoreSettings, redact_dsn
 
 __all__ = ["run_checks"]
 
+# Literal secrets of this doctor run (the API key, the DSN's passwords), masked in every line.
+_secrets: list[str] = []
 
 
 def _line(ok: bool, name: str, detail: str, *, warn: bool = False) -> bool:
     """Print one check's outcome and return it (a warning passes, and says so)."""
     mark = "warn" if warn else "ok  " if ok else "FAIL"
-    print(f"{mark} {name:<14} {detail}", flush=True)
+    print(f"{mark} {name:<14} {mask(detail, _secrets)}", flush=True)
     return ok
 
 
@@ -53,6 +57,8 @@ async def run_checks(
     from engine.store import Store
     from engine.store.dialects import driver_name
 
+    _secrets[:] = [os.environ.get("OPENAI_API_KEY", ""), *dsn_secrets(getattr(args, "dsn", None)),
+                   *dsn_secrets(os.environ.get("ENGINE_DSN"))]
     try:
         loaded = load(args)
     except EngineError as exc:
@@ -64,6 +70,7 @@ async def run_checks(
         settings = store_settings(args, loaded)
     except EngineError as exc:
         return _line(False, "database", str(exc))
+    _secrets.extend(dsn_secrets(settings.dsn))
     driver = driver_name(settings.dsn)
     installed = pyodbc.drivers()
     if driver is None:

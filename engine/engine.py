@@ -40,6 +40,13 @@ from engine.producer import CLAIM_CHUNK, Producer
 from engine.requests import InputRejected, RequestRenderer, parse_custom_id
 from engine.results import ResultParser, Usage
 from engine.settings import ApiSettings, EngineSettings, StoreSettings
+from engine.spool import (
+    disk_full_as_error,
+    ensure_private_dir,
+    open_private,
+    warn_if_shared,
+    write_all,
+)
 from engine.store import BatchRecord, ClaimedItem, Holding, RequeueRow, Store
 from engine.submitter import Submitter, TokenBudget
 from engine.writer import Writer
@@ -221,7 +228,7 @@ class CostCeiling:
         await ctx.record_batch(record, state="abandoned", error=reason[:2000])
         ctx.emit(EngineEvent(kind="error", job=ctx.job.name, batch_id=record.id,
                              state="cost_ceiling", rows=len(rows), message=reason))
-        ctx.spool_path(record.id).unlink(missing_ok=True)
+        ctx.remove_spool(record.id)
         await ctx.done_with(record.id)
 
 
@@ -472,7 +479,7 @@ class Engine:
         store, job, settings = ctx.store, self.job, self.settings
         await store.discover(job)
         first = path or ctx.spool_path("dry-run")
-        first.parent.mkdir(parents=True, exist_ok=True)
+        ensure_private_dir(first.parent)
         held: list[tuple[str, str]] = []
         seen: set[str] = set()
         rejected = requests = input_tokens = batches = 0
@@ -481,7 +488,7 @@ class Engine:
         first_open = True
         cap = settings.max_batch_tokens
         try:
-            with first.open("wb") as out:
+            with open_private(first) as out:
                 while True:
                     claimed = await store.claim(job, self.worker_id, CLAIM_CHUNK, settings.lease_s)
                     held.extend((item.key, item.claim_token) for item in claimed)
@@ -517,7 +524,7 @@ class Engine:
                             first_requests, first_bytes = first_requests + 1, first_bytes + size
                             first_tokens += tokens
                     if lines:
-                        await asyncio.to_thread(out.writelines, lines)
+                        await asyncio.to_thread(write_all, out, lines, first.parent)
         finally:
             if held:
                 try:
@@ -681,6 +688,9 @@ class Engine:
         adopted = await adopt()
         if adopted:
             log.info("recovered %d batches of %s", adopted, self.job.name)
+        ensure_private_dir(ctx.spool_dir)
+        warn_if_shared(ctx.spool_dir)
+        await self._sweep_spool(ctx)
         producer_finished = asyncio.Event()
 
         async def run_producer() -> None:
@@ -713,6 +723,7 @@ class Engine:
         finally:
             await self._hand_over(ctx)
             await heartbeat.forget()
+            await self._sweep_spool(ctx)
 
     def _heartbeat(
         self, ctx: PipelineContext, on_orphans: Callable[[], Awaitable[None]] | None = None
@@ -802,12 +813,19 @@ class Engine:
                 await writer.accept(record)
         return count
 
+    async def _sweep_spool(self, ctx: PipelineContext) -> None:
+        """Remove spool files left by batches that ended or were never bound."""
+        try:
+            await asyncio.shield(ctx.sweep_spool())
+        except Exception as exc:  # the next run sweeps again; never mask the run's outcome
+            log.warning("spool: could not remove old batch files: %s", exc)
+
     async def _rebuild_spool(self, ctx: PipelineContext, record: BatchRecord) -> None:
         """Re-render a draft's JSONL from the database (the spool was on another machine)."""
         items = await ctx.store.batch_items(record.id)
         rows = await ctx.store.fetch_source_rows(self.job, [key for key, *_ in items])
         path = ctx.spool_path(record.id)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        ensure_private_dir(path.parent)
         lines: list[bytes] = []
         for key, token, custom_id, _attempts in items:
             _job, _key, attempt = parse_custom_id(custom_id)
@@ -832,8 +850,12 @@ def _causes(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
 
 
 def _write_lines(path: Path, lines: list[bytes]) -> None:
-    """Write a spool file atomically."""
+    """Write a spool file atomically (0600; a full disk is a SpoolFullError)."""
     tmp = path.with_suffix(".tmp")
-    with tmp.open("wb") as out:
-        out.writelines(lines)
+    try:
+        with disk_full_as_error(path.parent), open_private(tmp) as out:
+            out.writelines(lines)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     tmp.replace(path)

@@ -14,7 +14,8 @@ EngineError
 ├── BatchApiError               the Batch API refused or failed a call
 │   ├── TransientApiError       429, 5xx, timeouts, dropped connections: retried
 │   └── AuthenticationError     the key was refused (401/403): never retried
-└── ResultError                 one output line could not be used (reason kept per row)
+├── ResultError                 one output line could not be used (reason kept per row)
+└── SpoolFullError              the spool's disk is full (names the directory, what to do)
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ __all__ = [
     "LeaseExpiredError",
     "LifecycleError",
     "ResultError",
+    "SpoolFullError",
     "StaleClaimError",
     "StoreError",
     "TransientApiError",
@@ -94,3 +96,7 @@ class AuthenticationError(BatchApiError):
 
 class ResultError(EngineError):
     """One output line could not be used; the reason goes back to the row."""
+
+
+class SpoolFullError(EngineError):
+    """The spool directory's disk (or quota) is full; the message says what to do."""

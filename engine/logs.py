@@ -2,55 +2,37 @@
 
 The library never configures logging; only the CLI calls ``setup_logging``. Every handler it
 installs carries a ``RedactingFilter`` that masks the API key, DSN passwords (given ones and
-any ``Pwd=`` / ``Password=`` attribute), URL passwords and key-shaped strings anywhere in a
-record: its message, its arguments and its formatted traceback.
+any password-like attribute in every form ODBC allows), URL passwords and key-shaped strings
+anywhere in a record: its message, its arguments and its formatted traceback. The masking
+itself is engine.masking.mask, the one function every printed or logged text goes through.
 """
 
 from __future__ import annotations
 
 import logging
-import re
 import sys
 from collections.abc import Iterable
 from typing import Any, TextIO
 
 import orjson
 
-__all__ = ["JsonFormatter", "RedactingFilter", "redact", "secrets_of_dsn", "setup_logging"]
+from engine.masking import MASK, MIN_SECRET, dsn_secrets, mask
 
-MASK = "***"
-_DSN_SECRET = re.compile(
-    r"(?i)\b(pwd|password|pass|secret|token)(\s*=\s*)(\{[^}]*\}|[^;\s\"']*)"
-)
-_URL_PASSWORD = re.compile(r"(?i)\b([a-z][a-z0-9+.\-]*://[^:/@\s]+:)([^@/\s]+)(@)")
-_KEY_LIKE = re.compile(r"\b(sk-[A-Za-z0-9]{0,4})[A-Za-z0-9_\-]{8,}")
+__all__ = [
+    "MASK", "JsonFormatter", "RedactingFilter", "redact", "secrets_of_dsn", "setup_logging",
+]
+
 _NOISY = ("httpx", "httpx2", "httpcore", "httpcore2", "openai", "aiohttp.access")
-# The shortest literal secret worth masking: masking "a" would destroy every message.
-_MIN_SECRET = 4
 
 
 def secrets_of_dsn(dsn: str | None) -> list[str]:
     """Return the password-like attribute values of an ODBC connection string."""
-    if not dsn:
-        return []
-    found = []
-    for match in _DSN_SECRET.finditer(dsn):
-        value = match.group(3).strip()
-        if value.startswith("{") and value.endswith("}"):
-            value = value[1:-1]
-        if value:
-            found.append(value)
-    return found
+    return dsn_secrets(dsn)
 
 
 def redact(text: str, secrets: Iterable[str] = ()) -> str:
-    """Mask the given secrets and anything secret-shaped in ``text``."""
-    for secret in sorted(secrets, key=len, reverse=True):
-        if len(secret) >= _MIN_SECRET and secret in text:
-            text = text.replace(secret, MASK)
-    text = _DSN_SECRET.sub(lambda m: f"{m.group(1)}{m.group(2)}{MASK}", text)
-    text = _URL_PASSWORD.sub(rf"\1{MASK}\3", text)
-    return _KEY_LIKE.sub(rf"\1{MASK}", text)
+    """Mask the given secrets and anything secret-shaped in ``text`` (engine.masking.mask)."""
+    return mask(text, secrets)
 
 
 class RedactingFilter(logging.Filter):
@@ -58,12 +40,16 @@ class RedactingFilter(logging.Filter):
 
     def __init__(self, secrets: Iterable[str] = ()) -> None:
         super().__init__()
-        self._secrets = [s for s in secrets if s and len(s) >= _MIN_SECRET]
+        self._secrets = [s for s in secrets if s and len(s) >= MIN_SECRET]
 
     def add_secret(self, secret: str | None) -> None:
         """Mask one more literal value from now on."""
-        if secret and len(secret) >= _MIN_SECRET and secret not in self._secrets:
+        if secret and len(secret) >= MIN_SECRET and secret not in self._secrets:
             self._secrets.append(secret)
+
+    def mask(self, text: str) -> str:
+        """Mask ``text`` with every secret this filter knows (for text printed, not logged)."""
+        return mask(text, self._secrets)
 
     def filter(self, record: logging.LogRecord) -> bool:
         """Redact the message (arguments merged in), extras and traceback; keep the record."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -15,6 +16,7 @@ from engine.job import JobSpec
 from engine.requests import RequestRenderer
 from engine.results import ResultParser
 from engine.settings import EngineSettings
+from engine.spool import batch_files, spool_file_batch, try_lock
 from engine.store import BatchRecord, Holding, Store
 
 __all__ = [
@@ -181,6 +183,53 @@ class PipelineContext:
     def spool_path(self, batch_id: str, suffix: str = "input") -> Path:
         """Where a batch's local files live."""
         return self.spool_dir / f"{self.job.name}-{batch_id}.{suffix}.jsonl"
+
+    def remove_spool(self, batch_id: str) -> None:
+        """Delete a batch's local files once it is applied or abandoned (unless kept)."""
+        if self.settings.keep_spool_files:
+            return
+        for path in batch_files(self.spool_dir, self.job.name, batch_id):
+            path.unlink(missing_ok=True)
+
+    async def sweep_spool(self) -> int:
+        """Delete this job's spool files of batches that ended or never were; return how many.
+
+        Left by a crash (a draft killed before it was bound), by a batch another worker
+        finished, or by a dry run. A file being written is locked and skipped; a draft's file
+        taken between its writing and its binding is rebuilt from the database before upload.
+        """
+        if self.settings.keep_spool_files:
+            return 0
+        try:
+            names = os.listdir(self.spool_dir)
+        except FileNotFoundError:
+            return 0
+        by_batch: dict[str, list[Path]] = {}
+        for name in names:
+            batch_id = spool_file_batch(self.job.name, name)
+            if batch_id is not None:
+                by_batch.setdefault(batch_id, []).append(self.spool_dir / name)
+        removed = 0
+        dry_run = self.spool_path("dry-run")
+        if dry_run.name in names:
+            dry_run.unlink(missing_ok=True)
+            removed += 1
+        for batch_id, paths in by_batch.items():
+            record = await self.store.get_batch(batch_id)
+            if record is not None and record.state not in ("applied", "abandoned"):
+                continue
+            for path in paths:
+                fd = try_lock(path)
+                if fd is None:
+                    continue
+                try:
+                    path.unlink(missing_ok=True)
+                    removed += 1
+                finally:
+                    os.close(fd)
+        if removed:
+            log.info("spool: removed %d files of batches that ended or were never bound", removed)
+        return removed
 
 
 async def get_or_stop(

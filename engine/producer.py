@@ -17,6 +17,7 @@ from pathlib import Path
 from engine.faults import SimulatedCrash, crash_point
 from engine.pipeline import ADOPT_STATES, Draft, EngineEvent, PipelineContext
 from engine.requests import InputRejected
+from engine.spool import disk_full_as_error, ensure_private_dir, open_private, write_all
 from engine.store import BatchRecord, ClaimedItem, Holding, RequeueRow
 
 __all__ = ["Producer"]
@@ -169,7 +170,7 @@ class Producer:
         settings = ctx.settings
         batch_id = uuid.uuid4().hex
         path = ctx.spool_path(batch_id)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        ensure_private_dir(path.parent)
         bound: list[tuple[str, str, str]] = []
         rejected: list[RequeueRow] = []
         overflow: list[tuple[str, str]] = []
@@ -177,7 +178,7 @@ class Producer:
         tokens = 0
         discovered = False
         token_cap = settings.max_batch_tokens
-        with path.open("wb") as spool:
+        with open_private(path) as spool:
             try:
                 while len(bound) < settings.batch_size and not overflow:
                     want = min(CLAIM_CHUNK, settings.batch_size - len(bound))
@@ -208,7 +209,7 @@ class Producer:
                         bound.append((item.key, item.claim_token, custom_id))
                         size_bytes += len(line)
                         tokens += estimate
-                    await asyncio.to_thread(spool.writelines, lines)
+                    await asyncio.to_thread(write_all, spool, lines, path.parent)
                     # Drop this chunk's text before claiming the next: peak memory is one chunk.
                     lines.clear()
                     got = len(claimed)
@@ -298,7 +299,7 @@ class Producer:
             await asyncio.to_thread(_filter_spool, path, kept)
             if not kept:
                 await ctx.store.update_batch(batch_id, state="abandoned", error="claims lost")
-                path.unlink(missing_ok=True)
+                ctx.remove_spool(batch_id)
                 return None
             await ctx.store.update_batch(batch_id, request_total=len(kept))
         ctx.owned.add(batch_id)
@@ -320,9 +321,17 @@ def _filter_spool(path: Path, keep: set[str]) -> None:
     """Rewrite a spool file keeping only the lines whose custom_id is in ``keep``."""
     import orjson
 
+    if not path.exists():
+        return  # swept meanwhile: the submitter rebuilds it from the items bound
     tmp = path.with_suffix(".tmp")
-    with path.open("rb") as src, tmp.open("wb") as dst:
-        for line in src:
-            if orjson.loads(line)["custom_id"] in keep:
-                dst.write(line)
+    try:
+        with disk_full_as_error(path.parent), path.open("rb") as src, open_private(tmp) as dst:
+            for line in src:
+                if orjson.loads(line)["custom_id"] in keep:
+                    dst.write(line)
+    except BaseException:
+        # Never leave the unfiltered file: uploaded, it would send rows another worker holds.
+        tmp.unlink(missing_ok=True)
+        path.unlink(missing_ok=True)
+        raise
     tmp.replace(path)

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from engine.errors import ConfigError
+from engine.masking import mask_dsn
 
 __all__ = ["ApiSettings", "EngineSettings", "StoreSettings", "redact_dsn"]
 
@@ -15,14 +16,7 @@ Dialect = Literal["mssql", "postgresql", "mysql", "sqlite"]
 
 def redact_dsn(dsn: str) -> str:
     """Return the DSN with every password-like attribute replaced by ***, safe to log."""
-    parts = []
-    for part in dsn.split(";"):
-        key, sep, _value = part.partition("=")
-        if sep and key.strip().lower() in {"pwd", "password", "pass", "secret", "token"}:
-            parts.append(f"{key}=***")
-        else:
-            parts.append(part)
-    return ";".join(parts)
+    return mask_dsn(dsn)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -102,6 +96,8 @@ class EngineSettings:
     max_attempts: int = 3
     apply_chunk_rows: int = 500
     spool_dir: str = "spool"
+    # A batch's spool files (personal data) are deleted once it is applied or abandoned.
+    keep_spool_files: bool = False
     shutdown_grace_period_s: float = 30.0
     token_limit_backoff_s: float = 60.0
     # Each worker writes a heartbeat this often; one silent for worker_dead_after_s is dead,

@@ -266,6 +266,6 @@ class Submitter:
         ctx.count("rows_requeued", outcome.requeued)
         ctx.count("rows_dead", outcome.dead)
         ctx.emit(EngineEvent(kind="error", job=ctx.job.name, batch_id=record.id, message=reason))
-        ctx.spool_path(record.id).unlink(missing_ok=True)
+        ctx.remove_spool(record.id)
         await ctx.done_with(record.id)
 

@@ -127,8 +127,7 @@ class Writer:
             record.id, tally.applied, tally.requeued, tally.dead, tally.stale, cost,
             extra={"batch_id": record.id, "remote_batch_id": record.remote_batch_id},
         )
-        for suffix in ("input", "output", "error"):
-            ctx.spool_path(record.id, suffix).unlink(missing_ok=True)
+        ctx.remove_spool(record.id)
         ctx.batches_applied += 1
         await ctx.done_with(record.id)
 

@@ -13,6 +13,7 @@ import sys
 from collections.abc import Sequence
 
 from engine.errors import ConfigError, StoreError
+from engine.masking import dsn_secrets, mask
 from engine.resumes_data import fill_database
 from engine.settings import redact_dsn
 
@@ -81,10 +82,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             chunk_rows=args.chunk_rows,
         )
     except ConfigError as exc:
-        print(f"make_resumes: {exc}", file=sys.stderr)
+        print(f"make_resumes: {mask(str(exc), dsn_secrets(dsn))}", file=sys.stderr)
         return 2
     except StoreError as exc:
-        print(f"make_resumes: database error on {redact_dsn(dsn)}: {exc}", file=sys.stderr)
+        secrets = dsn_secrets(dsn)
+        print(f"make_resumes: database error on {redact_dsn(dsn)}: {mask(str(exc), secrets)}",
+              file=sys.stderr)
         return 1
     print(
         f"make_resumes: {result.rows} resumes (userid {result.first_id}..{result.last_id}, "

@@ -57,7 +57,11 @@ async def test_dry_run_writes_the_first_file_and_submits_nothing(
                 report = await engine.dry_run()
                 counts = await engine.store.counts(job.name)
                 assert emu.record.batches == {}  # nothing created
+                assert report.first_batch_path is not None
+                # Read before the run: a run removes the last dry run's file (personal data).
+                lines = Path(report.first_batch_path).read_bytes().splitlines()
                 summary = await engine.run(until_idle=True)  # every claim was given back
+                assert not Path(report.first_batch_path).exists()
         assert report.rows_pending == 25
         assert report.requests == 23
         assert report.rejected == 2
@@ -66,8 +70,6 @@ async def test_dry_run_writes_the_first_file_and_submits_nothing(
         assert report.input_tokens > 0
         assert report.cost_max_usd > report.cost_input_usd > 0
         assert report.cost_input_standard_usd == pytest.approx(report.cost_input_usd * 2)
-        assert report.first_batch_path is not None
-        lines = Path(report.first_batch_path).read_bytes().splitlines()
         assert len(lines) == 10
         assert all(orjson.loads(line)["method"] == "POST" for line in lines)
         assert counts["pending"] == 25
@@ -272,6 +274,7 @@ def test_cli_dry_run_leaves_the_emulator_without_batches(
     assert "30 in 3 batches" in result.stdout
     spool = tmp_path / "spool" / "resumes-dry-run.input.jsonl"
     assert len(spool.read_bytes().splitlines()) == 12
+    assert spool.stat().st_mode & 0o777 == 0o600  # the rows' text: the owner's alone
     assert _remote_batches(emulator_process) == []
 
 

@@ -1,29 +1,52 @@
 """Secrets: the API key and the DSN password never appear in logs, errors, status output, the
 engine's tables or any file it writes. PostgreSQL with trust auth accepts any password, so the
-DSN carries a real-looking one.
+DSN carries a real-looking one, written in each form ODBC allows: plain, brace-quoted with a
+``;`` inside, and with a ``}}`` escape inside the braces.
 """
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
+
+import pytest
 
 from engine.emulator import Emulator, EmulatorConfig, FaultConfig
 from tests.conftest import PG_DSN, _target
 from tests.integration.helpers import fetch
 from tests.reliability import harness
-from tests.reliability.cli import cli, write_job
+from tests.reliability.cli import CliResult, cli, write_job
 
 API_KEY = "sk-proj-SECRETKEY0123456789abcdefXYZ"
-PASSWORD = "SECRETVALUE"
+# (the value written after Pwd=, the pieces of it that must never be seen)
+PASSWORDS = {
+    "plain": ("SECRETVALUE", ["SECRETVALUE"]),
+    "braced": ("{Hb;Secret pw9}", ["Hb;Secret pw9", "Secret pw9"]),
+    "escaped": ("{Xq;b}}c Secret9}", ["Xq;b}c Secret9", "Xq;b}}c Secret9", "c Secret9"]),
+}
 
 
-def _leaks(text: str) -> list[str]:
-    return [s for s in (API_KEY, PASSWORD, API_KEY[8:24]) if s in text]
+def _leaks(text: str, pieces: list[str]) -> list[str]:
+    return [s for s in (API_KEY, API_KEY[8:24], *pieces) if s in text]
 
 
-async def test_secrets_never_leak(tmp_path: Path) -> None:
+async def _make_resumes(*args: str) -> CliResult:
+    """Run scripts/make_resumes.py as a user would."""
+    proc = await asyncio.create_subprocess_exec(
+        harness.PYTHON, str(harness.REPO / "scripts" / "make_resumes.py"), *args,
+        cwd=str(harness.REPO), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 90)
+    assert proc.returncode is not None
+    return CliResult(proc.returncode, out.decode(), err.decode())
+
+
+@pytest.mark.parametrize("form", list(PASSWORDS))
+async def test_secrets_never_leak(tmp_path: Path, form: str) -> None:
     target = _target("postgresql", PG_DSN)
-    dsn = PG_DSN.rstrip(";") + f";Pwd={PASSWORD};"
+    written, pieces = PASSWORDS[form]
+    dsn = PG_DSN.rstrip(";") + f";Pwd={written};"
+    unreachable = dsn.replace("Port=5432", "Port=1")
     # Some faults, so retries, warnings and errors are logged too.
     faults = FaultConfig(line_error_rate=0.2, http_429_rate=0.2)
     async with Emulator(EmulatorConfig(seed=81, faults=faults)) as emu:
@@ -37,28 +60,37 @@ async def test_secrets_never_leak(tmp_path: Path) -> None:
             for args in (
                 ("-vv", "--log-format", "json", "run", *common, "--until-idle",
                  "--spool-dir", str(job_dir / "spool")),
+                ("-vv", "run", *common, "--until-idle", "--spool-dir", str(job_dir / "spool")),
                 ("-vv", "status", *common),
                 ("status", *common, "--json"),
                 ("-vv", "doctor", *common),
-                # An error path: the database refuses the connection.
-                ("-vv", "status", "--job", str(job), "--dsn",
-                 dsn.replace("Port=5432", "Port=1")),
+                # Error paths: the database refuses the connection.
+                ("-vv", "status", "--job", str(job), "--dsn", unreachable),
+                ("-vv", "--log-format", "json", "run", "--job", str(job), "--dsn", unreachable),
+                ("doctor", "--job", str(job), "--dsn", unreachable),
             ):
                 result = await cli(*args, env=env)
                 outputs.append((args[:4], result))
+            made = await _make_resumes("--rows", "1", "--dsn", unreachable)
+            outputs.append((("make_resumes",), made))
             assert outputs[0][1].code == 0, outputs[0][1].stderr[-3000:]
-            # The outputs are real: they name the database host and the rows.
-            assert "127.0.0.1" in outputs[3][1].stdout + outputs[3][1].stderr
-            assert "done" in outputs[2][1].stdout
-            assert "30" in outputs[2][1].stdout
-            assert outputs[-1][1].code != 0
+            # The outputs are real: they name the database host, the rows, the DSN's attributes.
+            assert "127.0.0.1" in outputs[4][1].stdout + outputs[4][1].stderr
+            assert "database: Driver={PostgreSQL Unicode}" in outputs[1][1].stderr
+            assert "done" in outputs[3][1].stdout
+            assert "30" in outputs[3][1].stdout
+            assert outputs[-4][1].code != 0
+            assert "FAIL database" in outputs[-2][1].stdout, outputs[-2][1].stdout
+            assert "Uid=postgres" in outputs[-2][1].stdout
+            assert "database error on" in outputs[-1][1].stderr, outputs[-1][1].stderr
             for args, result in outputs:
-                assert _leaks(result.stdout + result.stderr) == [], args
+                assert _leaks(result.stdout + result.stderr, pieces) == [], args
             for path in tmp_path.rglob("*"):
                 if path.is_file():
-                    assert _leaks(path.read_bytes().decode("utf-8", "replace")) == [], path
+                    text = path.read_bytes().decode("utf-8", "replace")
+                    assert _leaks(text, pieces) == [], path
             for table in ("batches", "items", "meta"):
                 rows = fetch(target.dsn, f"SELECT * FROM {target.prefix}{table}")
-                assert _leaks(repr(rows)) == [], table
+                assert _leaks(repr(rows), pieces) == [], table
         finally:
             harness.cleanup(target)
