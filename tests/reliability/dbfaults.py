@@ -328,7 +328,8 @@ async def scenario_connections_terminated(
     """Issue 11's figure: every engine connection terminated every ``every_s`` for ``for_s``
     while ``workers`` workers run; then restarts until every row is resolved.
     """
-    async with Emulator(EmulatorConfig(seed=53, latency_s=0.2)) as emu:
+    # Batches of 20 that take a second each, so the workers are busy the whole window.
+    async with Emulator(EmulatorConfig(seed=53, latency_s=1.0)) as emu:
         try:
             await harness.prepare(target, harness.texts(rows))
             with Killer(target) as killer:
@@ -337,7 +338,7 @@ async def scenario_connections_terminated(
                     spec = harness.spec_for(
                         target, emu, dsn=killer.engine_dsn(), worker_id=f"t{n}",
                         log_level="WARNING",
-                        settings=harness.fast(tmp_path / f"spool{n}", batch_size=50,
+                        settings=harness.fast(tmp_path / f"spool{n}", batch_size=20,
                                               max_in_flight=3),
                     )
                     procs.append(await harness.start_worker(spec))
@@ -347,7 +348,11 @@ async def scenario_connections_terminated(
                     await asyncio.to_thread(killer.kill_all)
                     await asyncio.sleep(every_s)
                 ended = [await harness.finish(p, timeout_s=180) for p in procs]
-                assert killer.killed > 0, "no engine connection was ever killed"
+                assert killer.killed > 0, (
+                    "no engine connection was ever killed: "
+                    + " | ".join(f"{e.code}: {e.stderr[-1500:]}" for e in ended)
+                )
+                print(f"connections terminated: {killer.killed}")
             for result in ended:
                 assert result.code == 0, result.stderr[-3000:]
             spec = harness.spec_for(target, emu, worker_id="after", log_level="WARNING",
