@@ -148,6 +148,18 @@ class Killer:
         finally:
             conn.close()
 
+    def sessions(self) -> int:
+        """How many connections the engine has open now."""
+        conn = connect(self.target.dsn)
+        try:
+            if self.target.dialect == "postgresql":
+                sql = "SELECT COUNT(*) FROM pg_stat_activity WHERE usename = ?"
+            else:
+                sql = "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE USER = ?"
+            return int(conn.cursor().execute(sql, self.user).fetchone()[0])
+        finally:
+            conn.close()
+
     def kill_all(self) -> int:
         """Kill every connection of the engine now; return how many."""
         conn = connect(self.target.dsn)
@@ -343,6 +355,12 @@ async def scenario_connections_terminated(
                     )
                     procs.append(await harness.start_worker(spec))
                 loop = asyncio.get_running_loop()
+                # Start once every worker is connected: a worker whose very first connection
+                # is killed exits 1 at start-up (Store.open does not retry), which is not
+                # the fault under test.
+                while await asyncio.to_thread(killer.sessions) < workers:
+                    assert all(p.returncode is None for p in procs), "a worker ended early"
+                    await asyncio.sleep(0.05)
                 end = loop.time() + for_s
                 while loop.time() < end and any(p.returncode is None for p in procs):
                     await asyncio.to_thread(killer.kill_all)

@@ -87,6 +87,8 @@ async def test_file_that_stays_short_is_quarantined_then_released(
             rows = data["rows"]
             assert (rows["done"], rows["submitted"]) == (ROWS - 10, 10), rows
             assert answered_twice(emu) == {}, "the held rows were re-sent"
+            shown = await _run(job, proxy.base_url, "check", held[0]["id"], "--json")
+            assert json.loads(shown.stdout)["state"] == "quarantined", shown.stdout
 
             proxy.damage = lambda _file, _nth: None  # the network is healthy again
             released = await _run(job, proxy.base_url, "release", held[0]["id"])
