@@ -23,9 +23,9 @@ import pytest
 
 from engine import ApiSettings, EngineSettings
 from engine.emulator import Emulator, EmulatorConfig, FaultConfig
-from engine.engine import Engine
+from engine.engine import ADOPT_STATES, Engine
 from engine.results import Failure, MalformedLineError, ResultParser
-from engine.store import Store
+from engine.store import BatchRecord, Store
 from engine.writer import APPLY_FAILURES_TO_QUARANTINE, Writer
 from tests.conftest import DbTarget
 from tests.integration.helpers import fetch, make_job
@@ -151,3 +151,39 @@ async def test_failing_batch_is_quarantined_and_the_job_goes_on(
             assert figures.done == ROWS
         finally:
             harness.cleanup(db)
+
+
+async def test_apply_failures_are_counted_in_the_database(db: DbTarget) -> None:
+    # Each Store stands for another process or worker: the count survives and is shared.
+    spec = {"dsn": db.dsn, "prefix": db.prefix}
+    job = harness.job_for(spec)
+    record = BatchRecord(id="b-poison", job="t", state="draft", model=job.model,
+                         endpoint=job.endpoint, worker_id="w1")
+    try:
+        await harness.prepare(db, harness.texts(3))
+        for worker, expected in (("w1", 1), ("w2", 2), ("w3", 3)):
+            store = await Store.open(harness.store_settings(spec))
+            try:
+                if worker == "w1":
+                    await store.create_draft(record, [], 60)
+                    await store.update_batch(record.id, state="finished")
+                assert await store.note_apply_failure(record.id, "KeyError: x", 3) == expected
+                found = await store.get_batch(record.id)
+                assert found is not None
+                assert found.state == ("quarantined" if expected == 3 else "finished")
+                assert f"apply failed {expected} times: KeyError: x" in (found.error or "")
+                adopted = await store.adopt_batches(job, worker, 60, ADOPT_STATES)
+                assert [a.record.id for a in adopted] == ([] if expected == 3 else [record.id])
+            finally:
+                await store.close()
+        store = await Store.open(harness.store_settings(spec))
+        try:
+            released = await store.release_batch(record.id)
+            assert (released.state, released.error) == ("finished", None)
+            adopted = await store.adopt_batches(job, "w4", 60, ADOPT_STATES)
+            assert [a.record.id for a in adopted] == [record.id]
+            assert await store.note_apply_failure(record.id, "again", 3) == 1  # count cleared
+        finally:
+            await store.close()
+    finally:
+        harness.cleanup(db)
