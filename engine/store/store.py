@@ -1543,7 +1543,8 @@ class Store:
 
         The count lives in the batch's error text ("apply failed N times: ..."), so it
         survives restarts and every worker sees it, without a schema change. The lease is
-        expired so any worker may try again at once; a quarantined batch is adopted by none.
+        left alone: its owner retries it (or hands it over when stopping); a quarantined
+        batch is adopted by no one.
         """
         c = self._c
 
@@ -1562,8 +1563,7 @@ class Store:
             text = f"{prefix}apply failed {count} times: {reason}"
             await conn.execute(
                 f"UPDATE {self.tables.batches} SET {c('state')} = ?, {c('error')} = ?, "
-                f"{c('lease_expires_at')} = NULL, {c('updated_at')} = {self.dialect.now} "
-                f"WHERE {c('id')} = ?",
+                f"{c('updated_at')} = {self.dialect.now} WHERE {c('id')} = ?",
                 [state, _error_text(text), batch_id],
             )
             return count

@@ -165,14 +165,14 @@ async def test_apply_failures_are_counted_in_the_database(db: DbTarget) -> None:
             store = await Store.open(harness.store_settings(spec))
             try:
                 if worker == "w1":
-                    await store.create_draft(record, [], 60)
+                    await store.create_draft(record, [], 0)  # lease over: anyone adopts
                     await store.update_batch(record.id, state="finished")
                 assert await store.note_apply_failure(record.id, "KeyError: x", 3) == expected
                 found = await store.get_batch(record.id)
                 assert found is not None
                 assert found.state == ("quarantined" if expected == 3 else "finished")
                 assert f"apply failed {expected} times: KeyError: x" in (found.error or "")
-                adopted = await store.adopt_batches(job, worker, 60, ADOPT_STATES)
+                adopted = await store.adopt_batches(job, worker, 0, ADOPT_STATES)
                 assert [a.record.id for a in adopted] == ([] if expected == 3 else [record.id])
             finally:
                 await store.close()
