@@ -231,10 +231,14 @@ class Store:
         store._pool = Pool(
             store.dialect, settings.dsn, settings.pool_size, settings.query_timeout_s
         )
-        try:
-            # Fail here, not at the first claim, when the DSN or server is wrong.
-            async with store._pool.acquire():
+        async def probe() -> None:
+            async with store.pool.acquire():
                 pass
+
+        try:
+            # Fail here, not at the first claim, when the DSN or server is wrong; a connection
+            # killed while its session was being set up is tried again a few times.
+            await retry_store(probe, attempts=3)
         except BaseException:
             await store._pool.close()
             raise

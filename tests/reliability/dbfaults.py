@@ -355,9 +355,8 @@ async def scenario_connections_terminated(
                     )
                     procs.append(await harness.start_worker(spec))
                 loop = asyncio.get_running_loop()
-                # Start once every worker is connected: a worker whose very first connection
-                # is killed exits 1 at start-up (Store.open does not retry), which is not
-                # the fault under test.
+                # Start once every worker is connected, so the window covers their work
+                # rather than their interpreters starting.
                 while await asyncio.to_thread(killer.sessions) < workers:
                     assert all(p.returncode is None for p in procs), "a worker ended early"
                     await asyncio.sleep(0.05)
