@@ -182,6 +182,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("retry-dead", help="send every dead row of the job back to pending")
     _add_common(p)
 
+    p = sub.add_parser("release", help="release a quarantined batch so the next run applies it")
+    _add_common(p)
+    p.add_argument("batch_id", help="local or remote batch id")
+
     p = sub.add_parser("doctor", help="check drivers, database, tables, API key and job file")
     _add_common(p)
 
@@ -383,6 +387,7 @@ async def _cmd_run(args: argparse.Namespace) -> int:
             f"applied; rows applied={summary.rows_applied} requeued={summary.rows_requeued} "
             f"dead={summary.rows_dead}; now {_fmt_counts(summary.counts)}"
         )
+        await _print_quarantined(engine.store, engine.job.name)
         if summary.cost_ceiling:
             print(f"run: stopped submitting at the cost ceiling: {summary.cost_ceiling}")
         if args.max_cost_usd is not None:
@@ -478,6 +483,28 @@ async def _cmd_retry_dead(args: argparse.Namespace) -> int:
     finally:
         await store.close()
     print(f"retry-dead: {count} rows back to pending")
+    return EXIT_OK
+
+
+async def _print_quarantined(store: Any, job: str) -> None:
+    """Name every quarantined batch of the job, its reason and how to release it."""
+    held = await store.list_batches(job, states=["quarantined"], limit=1000)
+    for record in held:
+        print(f"run: batch {record.id} quarantined ({record.request_total} rows held): "
+              f"{_mask((record.error or '')[:300])}; after fixing the cause: release {record.id}")
+
+
+async def _cmd_release(args: argparse.Namespace) -> int:
+    """Put a quarantined batch back to finished."""
+    from engine.store import Store
+
+    loaded = _load(args)
+    store = await Store.open(_store_settings(args, loaded))
+    try:
+        record = await store.release_batch(args.batch_id)
+    finally:
+        await store.close()
+    print(f"release: batch {record.id} is {record.state} again; the next run applies it")
     return EXIT_OK
 
 
@@ -673,6 +700,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], Awaitable[int]]] = {
     "cancel": _cmd_cancel,
     "status": _cmd_status,
     "retry-dead": _cmd_retry_dead,
+    "release": _cmd_release,
     "doctor": _cmd_doctor,
     "demo": _cmd_demo,
 }

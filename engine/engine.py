@@ -685,6 +685,10 @@ class Engine:
         await heartbeat.beat()
         # Claims under our own id are a crashed predecessor's: nothing else can hold them.
         await ctx.store.reap_expired(self.job, self.worker_id)
+        # The reconciler of guarantee 7: batches marked applied with rows that never landed.
+        for batch_id in await ctx.store.reopen_unsettled(self.job):
+            log.warning("batch %s was applied with rows unsettled; applying it again", batch_id,
+                        extra={"batch_id": batch_id})
         adopted = await adopt()
         if adopted:
             log.info("recovered %d batches of %s", adopted, self.job.name)

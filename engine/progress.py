@@ -34,7 +34,9 @@ log = logging.getLogger("engine.progress")
 
 ProgressMode = Literal["auto", "rich", "plain", "none"]
 ROW_STATES = ("pending", "claimed", "submitted", "done", "dead")
-BATCH_STATES = ("draft", "uploaded", "submitted", "finished", "applied", "abandoned")
+BATCH_STATES = (
+    "draft", "uploaded", "submitted", "finished", "applied", "abandoned", "quarantined"
+)
 # Batches read per snapshot: a day of 1,000-row batches over a million rows stays far below.
 SNAPSHOT_BATCHES = 50_000
 

@@ -179,7 +179,11 @@ def _loads(data: bytes | str) -> Any:
     except orjson.JSONDecodeError:
         text = data.decode("utf-8", errors="replace") if isinstance(data, bytes) else data
         # Raises json.JSONDecodeError (a ValueError) when it really is not JSON.
-        return json.loads(text)
+        try:
+            return json.loads(text)
+        except RecursionError:
+            # orjson stops at depth 1024; the stdlib recurses until the interpreter's limit.
+            raise ValueError("JSON nested too deep") from None
 
 
 def _dumps(value: Any) -> str:
@@ -410,6 +414,9 @@ class ResultParser:
             values = self._values(body)
         except ResultError as exc:
             return fail(str(exc), "retry", usage)
+        except (RecursionError, ValueError, TypeError, OverflowError) as exc:
+            # However the answer is built, it fails its own row only (sampling may differ).
+            return fail(f"unreadable answer: {type(exc).__name__}: {_quote(exc)}", "retry", usage)
         return Success(custom_id, key, attempt, values, usage)
 
     @staticmethod

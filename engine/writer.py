@@ -15,9 +15,16 @@ from pathlib import Path
 
 import orjson
 
-from engine.errors import AuthenticationError, BatchApiError, ResultError, TransientApiError
+from engine.errors import (
+    AuthenticationError,
+    BatchApiError,
+    ResultError,
+    SpoolFullError,
+    TransientApiError,
+    TransientStoreError,
+)
 from engine.faults import crash_point
-from engine.pipeline import EngineEvent, PipelineContext, get_or_stop
+from engine.pipeline import EngineEvent, PipelineContext, get_or_stop, sleep_or_stop
 from engine.pricing import cost_usd
 from engine.results import Failure, Success, Usage
 from engine.store import ApplyRow, BatchRecord, RequeueRow
@@ -31,6 +38,15 @@ READ_CHUNK_LINES = 2000
 # Transient download failures (after the API wrapper's own retries) before a batch is left
 # finished for a later run or adoption.
 DOWNLOAD_TRIES = 5
+# Downloads of a batch's result files that come back short or damaged (fewer lines than the
+# batch's request_counts, a half-written last line) before the batch is quarantined.
+WHOLE_FILE_TRIES = 4
+# Failed applies of one batch (any exception in the writer), counted in the database, before
+# it is quarantined: a poison batch must not stop the job or make its workers crash-loop.
+APPLY_FAILURES_TO_QUARANTINE = 3
+# Passes over the spooled result files when a check read after the apply still finds
+# submitted rows (a COMMIT reported but not done) before the apply counts as failed.
+SETTLE_PASSES = 3
 
 
 @dataclass
@@ -42,6 +58,7 @@ class _Tally:
     dead: int = 0
     stale: int = 0
     skipped_lines: int = 0
+    first_skip: str = ""  # why the first unusable line was skipped (for its row's reason)
     usage: Usage = field(default_factory=lambda: Usage(0, 0, 0, 0))
 
 
@@ -75,6 +92,14 @@ class Writer:
             self.busy = True
             try:
                 await self.apply_batch(record)
+            except (
+                AuthenticationError, TransientStoreError, SpoolFullError, asyncio.CancelledError
+            ):
+                # Not this batch's fault: the key, the database or the spool's disk is gone;
+                # quarantining it would hide the cause and strand a batch that is fine.
+                raise
+            except Exception as exc:  # any failure of one batch is its own
+                await self._apply_failed(record, exc)
             finally:
                 self.busy = False
 
@@ -88,6 +113,8 @@ class Writer:
         tally = _Tally()
         status = record.remote_status or "unknown"
         try:
+            if not await self._download_whole(record):
+                return
             files = ((record.output_file_id, "output"), (record.error_file_id, "error"))
             for file_id, kind in files:
                 if file_id:
@@ -106,6 +133,7 @@ class Writer:
         leftover = [cid for cid in tokens if cid not in seen]
         if leftover:
             await self._requeue_leftover(record, status, leftover, tokens, tally)
+        await self._settle(record, status, tally)
         usage = tally.usage
         if record.input_tokens or record.output_tokens:
             usage = Usage(
@@ -176,8 +204,7 @@ class Writer:
     ) -> None:
         """Download one result file and apply it chunk by chunk."""
         ctx = self._ctx
-        path = ctx.spool_path(record.id, kind)
-        await ctx.api.download_file(file_id, path)
+        path = ctx.spool_path(record.id, kind)  # downloaded whole by _download_whole
         crash_point("after_download")
         parse = ctx.parser.parse_output_line if kind == "output" else ctx.parser.parse_error_line
         lines = _iter_lines(path)
@@ -190,9 +217,11 @@ class Writer:
             for line in chunk:
                 try:
                     outcome = parse(line)
-                except ResultError as exc:
+                except Exception as exc:  # one line, however built, fails alone
+                    why = str(exc) if isinstance(exc, ResultError) else _describe(exc)
                     tally.skipped_lines += 1
-                    log.warning("batch %s: unusable %s line skipped: %s", record.id, kind, exc)
+                    tally.first_skip = tally.first_skip or why[:300]
+                    log.warning("batch %s: unusable %s line skipped: %s", record.id, kind, why)
                     continue
                 owner = tokens.get(outcome.custom_id)
                 if owner is None or outcome.custom_id in seen:
@@ -283,6 +312,9 @@ class Writer:
         """Resolve rows that have no line in either file (a failed batch, or a short file)."""
         line_errors = await asyncio.to_thread(self._line_errors, record)
         reason = f"batch {status} without a result for this row"
+        if tally.first_skip:
+            # A whole file with unreadable lines: this row's line was one of them.
+            reason = f"batch {status}: this row's line could not be read ({tally.first_skip})"
         if record.error:
             reason = f"batch {status}: {_first_error(record.error)}"
         retry: list[RequeueRow] = []
@@ -325,6 +357,161 @@ class Writer:
                     except (orjson.JSONDecodeError, KeyError, TypeError):
                         continue
         return found
+
+    async def _download_whole(self, record: BatchRecord) -> bool:
+        """Download the batch's result files until they are whole; False once quarantined.
+
+        A download can end early with a clean EOF (no Content-Length, or one equal to the
+        short body) or with a half-written last line. Applying such a file and requeueing the
+        rest would send and pay for rows the API has answered, so nothing is applied until
+        both files agree with the batch's own request_counts (see _file_problem); a file that
+        does not is fetched again with backoff, and after WHOLE_FILE_TRIES the batch is
+        quarantined with the reason instead of having its rows re-sent.
+        """
+        ctx = self._ctx
+        files = [(f, k) for f, k in ((record.output_file_id, "output"),
+                                     (record.error_file_id, "error")) if f]
+        problem = ""
+        for attempt in range(1, WHOLE_FILE_TRIES + 1):
+            for file_id, kind in files:
+                await ctx.api.download_file(file_id, ctx.spool_path(record.id, kind))
+            problem = await asyncio.to_thread(self._files_problem, record)
+            if not problem:
+                return True
+            log.warning("batch %s: result files not whole (%s); download %d of %d",
+                        record.id, problem, attempt, WHOLE_FILE_TRIES,
+                        extra={"batch_id": record.id})
+            delay = min(max(ctx.settings.min_check_interval_s, 0.05) * 2**attempt,
+                        max(ctx.settings.check_interval_s, 0.05))
+            if attempt < WHOLE_FILE_TRIES and await sleep_or_stop(delay, ctx.stopping):
+                # Stopping: leave it finished for the next run rather than judge it now.
+                await ctx.done_with(record.id, expire_lease=True)
+                return False
+        await self._quarantine(
+            record, f"result files not whole after {WHOLE_FILE_TRIES} downloads: {problem}"
+        )
+        return False
+
+    def _files_problem(self, record: BatchRecord) -> str:
+        """Why the downloaded result files are not whole, or "" (runs in a thread).
+
+        Lines are counted against request_counts (output = completed, error = failed, their
+        sum = total): exactly for a completed batch, at least for one that expired or was
+        cancelled (whose counts the API may fill late). The last line of each file must
+        parse as an object with a custom_id unless it ends with a newline: a line cut in
+        transfer has none. A complete line that cannot be read is a poison line, failed on
+        its own by the apply, not a reason to hold the batch.
+        """
+        counts = {"output": 0, "error": 0}
+        for kind in counts:
+            path = self._ctx.spool_path(record.id, kind)
+            if not path.exists():
+                continue
+            last = b""
+            with path.open("rb") as source:
+                for line in source:
+                    if line.strip():
+                        counts[kind] += 1
+                        last = line
+            if last and not last.endswith(b"\n") and not _is_result_line(last):
+                return f"the last line of the {kind} file is cut"
+        if record.request_total <= 0:
+            return ""  # the API gave no counts: nothing to compare with
+        expected = {"output": record.request_completed, "error": record.request_failed}
+        exact = record.remote_status == "completed"
+        for kind, want in expected.items():
+            got = counts[kind]
+            if got < want or (exact and got != want):
+                return f"{kind} file has {got} lines, request_counts says {want}"
+        if exact and sum(expected.values()) != record.request_total:
+            return (f"request_counts: {record.request_completed} completed + "
+                    f"{record.request_failed} failed != {record.request_total} total")
+        return ""
+
+    async def _settle(self, record: BatchRecord, status: str, tally: _Tally) -> None:
+        """Make sure every row of the batch landed before the batch counts as applied.
+
+        Guarantee 7's mechanism: a check read after the apply, on a connection the pool
+        hands out afresh (a dead one fails the read and is replaced), lists the batch's
+        items still ``submitted``. A driver may report a COMMIT that never happened
+        (psqlODBC on a killed backend), so those rows are applied again from the spooled
+        files, which stay until the batch is applied; the fence makes this idempotent.
+        Chosen over one bigger transaction because that COMMIT can be lost the same way,
+        and over a reconciler alone because the files are at hand now (the reconciler,
+        Store.reopen_unsettled, still runs at start-up for batches marked applied before).
+        After SETTLE_PASSES the apply counts as failed (see _apply_failed).
+        """
+        ctx = self._ctx
+        for _pass in range(SETTLE_PASSES):
+            left = await ctx.store.unsettled_items(record.id)
+            if not left:
+                return
+            log.warning("batch %s: %d rows not settled after the apply (a commit that did "
+                        "not land?); applying them again", record.id, len(left),
+                        extra={"batch_id": record.id})
+            tokens = {cid: (key, token) for key, token, cid in left}
+            seen: set[str] = set()
+            for kind in ("output", "error"):
+                if ctx.spool_path(record.id, kind).exists():
+                    await self._apply_file(record, "", kind, tokens, seen, tally)
+            missing = [cid for cid in tokens if cid not in seen]
+            if missing:
+                await self._requeue_leftover(record, status, missing, tokens, tally)
+        left = await ctx.store.unsettled_items(record.id)
+        if left:
+            raise ResultError(f"{len(left)} rows still unsettled after {SETTLE_PASSES} passes")
+
+    async def _apply_failed(self, record: BatchRecord, exc: Exception) -> None:
+        """Count a failed apply in the database; retry it later or quarantine it."""
+        ctx = self._ctx
+        reason = _describe(exc)
+        log.error("batch %s: apply failed: %s", record.id, reason, exc_info=exc,
+                  extra={"batch_id": record.id})
+        count = await ctx.store.note_apply_failure(record.id, reason,
+                                                   APPLY_FAILURES_TO_QUARANTINE)
+        if count >= APPLY_FAILURES_TO_QUARANTINE:
+            self._announce_quarantine(record, f"apply failed {count} times: {reason}")
+            await ctx.done_with(record.id)
+            return
+        ctx.emit(EngineEvent(kind="error", job=ctx.job.name, batch_id=record.id,
+                             message=f"apply failed ({count}): {reason}"))
+        if ctx.stopping.is_set() or not self._running:
+            await ctx.done_with(record.id, expire_lease=True)  # the next run tries again
+            return
+        # Keep the slot and try again after a backoff, so until_idle waits for the verdict.
+        delay = min(max(ctx.settings.min_check_interval_s, 0.05) * 2**count,
+                    max(ctx.settings.check_interval_s, 0.05))
+        asyncio.get_running_loop().call_later(delay, self._inbox.put_nowait, record)
+
+    async def _quarantine(self, record: BatchRecord, reason: str) -> None:
+        """Hold a batch with its reason; its rows stay with it until ``release``."""
+        await self._ctx.store.quarantine_batch(record.id, reason)
+        self._announce_quarantine(record, reason)
+        await self._ctx.done_with(record.id)
+
+    def _announce_quarantine(self, record: BatchRecord, reason: str) -> None:
+        """Log and emit a quarantine once."""
+        ctx = self._ctx
+        log.error("batch %s quarantined: %s (release it with: release %s)", record.id, reason,
+                  record.id, extra={"batch_id": record.id})
+        ctx.emit(EngineEvent(kind="batch_state", job=ctx.job.name, batch_id=record.id,
+                             remote_batch_id=record.remote_batch_id,
+                             state="quarantined", message=reason))
+
+
+def _describe(exc: BaseException) -> str:
+    """Type and message of an unexpected exception, short (a RecursionError's is long)."""
+    text = str(exc).replace("\n", " ")
+    return f"{type(exc).__name__}: {text[:300]}" if text else type(exc).__name__
+
+
+def _is_result_line(line: bytes) -> bool:
+    """Whether a line parses as a JSON object carrying a string custom_id."""
+    try:
+        obj = orjson.loads(line)
+    except (orjson.JSONDecodeError, RecursionError):
+        return False
+    return isinstance(obj, dict) and isinstance(obj.get("custom_id"), str)
 
 
 def _first_error(error: str) -> str:

@@ -44,6 +44,10 @@ class FaultConfig:
     enqueued_request_limit: int | None = None  # requests per model, over live batches
     expire_fraction: float | None = None  # batches expire once this fraction is done
     fail_validation: bool = False  # every batch fails validation
+    # Lines whose user text contains this marker are answered with content nested
+    # deep_answer_depth deep (a poison answer; see responders.nested_answer).
+    deep_answer_marker: str | None = None
+    deep_answer_depth: int = 10_000
 
     def __post_init__(self) -> None:
         """Reject rates outside [0, 1] and rate sums that leave no room for success."""

@@ -24,6 +24,7 @@ __all__ = [
     "LineOutcome",
     "estimate_tokens",
     "input_tokens",
+    "nested_answer",
     "respond",
     "user_text",
 ]
@@ -507,3 +508,20 @@ def _embeddings(body: dict[str, Any], prompt: int) -> dict[str, Any]:
         "model": model,
         "usage": {"prompt_tokens": prompt, "total_tokens": prompt},
     }
+
+
+def nested_answer(
+    endpoint: str, body: dict[str, Any], *, depth: int, created: int
+) -> LineOutcome:
+    """Answer 200 with content that is valid JSON nested ``depth`` deep: a poison line.
+
+    The line itself parses; only its content recurses, as a model's output could.
+    """
+    text = "[" * depth + "]" * depth
+    prompt = input_tokens(endpoint, body)
+    output = estimate_tokens(text)
+    if endpoint == "/v1/responses":
+        return LineOutcome(200, _response(body, text, prompt, output, False, created), None,
+                           prompt, output)
+    return LineOutcome(200, _chat(body, text, prompt, output, False, created), None, prompt,
+                       output)

@@ -30,7 +30,14 @@ from engine.emulator.bodies import (
 )
 from engine.emulator.clock import Clock
 from engine.emulator.config import EmulatorConfig, FaultConfig
-from engine.emulator.responders import LineFault, LineOutcome, input_tokens, respond
+from engine.emulator.responders import (
+    LineFault,
+    LineOutcome,
+    input_tokens,
+    nested_answer,
+    respond,
+    user_text,
+)
 
 __all__ = [
     "LIVE_STATUSES",
@@ -748,6 +755,7 @@ class EmulatorState:
         outcome: LineOutcome = respond(
             batch.endpoint, body, rng=rng, fault=fault, created=int(self.clock.now())
         )
+        outcome = self._poisoned(batch, body, outcome)
         self.counters["lines_processed"] += 1
         if outcome.status_code is None:
             err.append(_line_json(custom_id, None, outcome.error))
@@ -766,6 +774,14 @@ class EmulatorState:
         else:
             err.append(_line_json(custom_id, response, None))
             batch.failed += 1
+
+    def _poisoned(self, batch: Batch, body: dict[str, Any], outcome: LineOutcome) -> LineOutcome:
+        """Apply deep_answer_marker: a nested answer for the lines that carry the marker."""
+        marker = self.faults.deep_answer_marker
+        if not marker or marker not in user_text(batch.endpoint, body):
+            return outcome
+        return nested_answer(batch.endpoint, body, depth=self.faults.deep_answer_depth,
+                             created=int(time.time()))
 
     def _answer_from_template(
         self, batch: Batch, custom_id: str, body: dict[str, Any], out: _LineSpool,

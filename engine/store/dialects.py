@@ -283,10 +283,17 @@ class MysqlDialect(Dialect):
         return f"INSERT IGNORE INTO {table} ({columns}) {select}"
 
     def session_sql(self, query_timeout_s: int) -> list[str]:
-        """READ COMMITTED avoids gap locks on claim/discover; the server enforces the timeout."""
+        """READ COMMITTED avoids gap locks on claim/discover; the server enforces the timeout.
+
+        Strict mode whatever the server's default: without it a value that does not fit its
+        column is cut or zeroed with a warning (Connector/ODBC: SQLSTATE 01000, which pyodbc
+        does not raise), so a result could be counted done although it was never written.
+        """
         return [
             "SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED",
             f"SET SESSION max_statement_time = {int(query_timeout_s)}",
+            "SET SESSION sql_mode = CONCAT_WS(',', NULLIF(@@SESSION.sql_mode, ''), "
+            "'STRICT_TRANS_TABLES', 'STRICT_ALL_TABLES')",
         ]
 
 

@@ -22,8 +22,11 @@ __all__ = [
 ItemState = Literal["pending", "claimed", "submitted", "done", "dead"]
 # draft: items bound, nothing remote yet; uploaded: input file id saved; submitted: remote batch
 # id saved (live); finished: remote status terminal, results not yet applied; applied: every
-# item of it resolved; abandoned: never reached the API, items returned to pending.
-BatchState = Literal["draft", "uploaded", "submitted", "finished", "applied", "abandoned"]
+# item of it resolved; abandoned: never reached the API, items returned to pending;
+# quarantined: its results could not be applied (reason in error), held until released.
+BatchState = Literal[
+    "draft", "uploaded", "submitted", "finished", "applied", "abandoned", "quarantined"
+]
 
 
 @dataclass(frozen=True, slots=True)

@@ -216,7 +216,8 @@ class Pool:
             # Not every driver takes the ODBC attribute; those get a server-side setting below.
             with suppress(pyodbc.Error):
                 raw.timeout = self._timeout_s
-        statements = self.dialect.session_sql(self._timeout_s) if self._timeout_s else []
+        # Always: some statements are not about the timeout (MariaDB's strict mode).
+        statements = self.dialect.session_sql(self._timeout_s)
         if statements:
             cursor = raw.cursor()
             try:

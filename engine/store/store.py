@@ -131,6 +131,10 @@ def _to_datetime(value: Any) -> datetime | None:
     return datetime.fromisoformat(str(value))
 
 
+# The apply-failure count kept in a batch's error text (see Store.note_apply_failure).
+_APPLY_FAILED = re.compile(r"^(?:quarantined: )?apply failed (\d+) times: ")
+
+
 def _error_text(reason: str) -> str:
     """Cap a stored error so any dialect's column holds it."""
     return reason[:_MAX_ERROR_CHARS]
@@ -158,6 +162,20 @@ def _misfits(sql_type: str | None, value: Any) -> bool:
             return not -bound <= value < bound
         return not isinstance(value, float)  # text or JSON in an integer column
     return False
+
+
+_NOT_WRITTEN = (
+    "source row not written: its UPDATE changed no row (the row is gone, or the driver "
+    "reported a failed write as a warning)"
+)
+
+
+class _SourceNotWrittenError(Exception):
+    """Rows an apply transaction marked done whose source UPDATE did not land; it rolls back."""
+
+    def __init__(self, keys: set[str]) -> None:
+        super().__init__(f"{len(keys)} source rows not written")
+        self.keys = keys
 
 
 class _UndecodableTextError(ValueError):
@@ -214,10 +232,14 @@ class Store:
         store._pool = Pool(
             store.dialect, settings.dsn, settings.pool_size, settings.query_timeout_s
         )
-        try:
-            # Fail here, not at the first claim, when the DSN or server is wrong.
-            async with store._pool.acquire():
+        async def probe() -> None:
+            async with store.pool.acquire():
                 pass
+
+        try:
+            # Fail here, not at the first claim, when the DSN or server is wrong; a connection
+            # killed while its session was being set up is tried again a few times.
+            await retry_store(probe, attempts=3)
         except BaseException:
             await store._pool.close()
             raise
@@ -1318,11 +1340,23 @@ class Store:
 
         async def work(conn: Connection) -> set[str]:
             if self.dialect.name == "postgresql":
-                return await self._apply_pg(conn, job, src, chunk)
-            return await self._apply_generic(conn, job, src, chunk)
+                matched = await self._apply_pg(conn, job, src, chunk)
+            else:
+                matched = await self._apply_generic(conn, job, src, chunk)
+            unwritten = await self._unwritten(conn, src, sorted(matched))
+            if unwritten:
+                raise _SourceNotWrittenError(unwritten)  # rolls the items back too
+            return matched
 
         try:
             return await self._tx(work)
+        except _SourceNotWrittenError as exc:
+            missing = exc.keys
+            log.warning("job %s: %d source rows not written by their UPDATE; retried",
+                        job.name, len(missing))
+            rejected.extend((key, _NOT_WRITTEN) for key in sorted(missing))
+            rest = [row for row in chunk if row.key not in missing]
+            return await self._apply_part(job, src, rest, rejected) if rest else set()
         except DataFitError as exc:
             if len(chunk) == 1:
                 rejected.append((chunk[0].key, self._misfit_reason(chunk[0], src, exc)))
@@ -1605,3 +1639,117 @@ class Store:
                 tally.items(), key=lambda kv: (kv[0][0] or "", kv[0][1])
             )
         ]
+
+    # -- trust no single "ok" (guarantees 7 and 8) ---------------------------------------------
+
+    async def _unwritten(self, conn: Connection, src: _Source, keys: Sequence[str]) -> set[str]:
+        """Keys among ``keys`` whose source row does not carry the processed marker.
+
+        Read inside the apply transaction, after the UPDATE: a driver that reports a write
+        which changed nothing as a warning (MariaDB Connector/ODBC, SQLSTATE 01000) or a row
+        deleted meanwhile shows up here, so its item is never marked done without its result.
+        """
+        found: set[str] = set()
+        for chunk in _chunks(list(keys), _CHUNK):
+            in_sql, in_params = _key_list(self.dialect, [src.bind_key(k) for k in chunk])
+            rows = await conn.fetchall(
+                f"SELECT {src.key} FROM {src.table} WHERE {src.key} IN {in_sql} "
+                f"AND {src.processed} IS NOT NULL",
+                in_params,
+            )
+            found.update(str(r[0]) for r in rows)
+        return set(keys) - found
+
+    async def unsettled_items(self, batch_id: str) -> list[tuple[str, str, str]]:
+        """(key, claim_token, custom_id) of a batch's items still ``submitted``.
+
+        Read on its own connection after the batch's results were applied: any row listed
+        here had a transaction that reported success without committing.
+        """
+        c = self._c
+        sql = (
+            f"SELECT {c('source_key')}, {c('claim_token')}, {c('custom_id')} "
+            f"FROM {self.tables.items} WHERE {c('batch_id')} = ? AND {c('state')} = 'submitted'"
+        )
+
+        async def work(conn: Connection) -> list[tuple[Any, ...]]:
+            return await conn.fetchall(sql, [batch_id])
+
+        return [(str(k), str(t), str(cid)) for k, t, cid in await self._read(work)]
+
+    async def reopen_unsettled(self, job: JobSpec) -> list[str]:
+        """Set ``applied`` batches that still have ``submitted`` items back to ``finished``.
+
+        The reconciler: such a batch was marked applied although some of its results never
+        landed (a COMMIT reported but not done, by a release before this check existed).
+        Finished batches are adopted and applied again; the fence skips rows already done.
+        """
+        c, batches, items = self._c, self.tables.batches, self.tables.items
+        find = (
+            f"SELECT b.{c('id')} FROM {batches} b WHERE b.{c('job')} = ? "
+            f"AND b.{c('state')} = 'applied' AND EXISTS (SELECT 1 FROM {items} i "
+            f"WHERE i.{c('batch_id')} = b.{c('id')} AND i.{c('state')} = 'submitted')"
+        )
+
+        async def work(conn: Connection) -> list[str]:
+            ids = [str(r[0]) for r in await conn.fetchall(find, [job.name])]
+            for chunk in _chunks(ids, _CHUNK):
+                await conn.execute(
+                    f"UPDATE {batches} SET {c('state')} = 'finished', "
+                    f"{c('lease_expires_at')} = NULL, {c('updated_at')} = {self.dialect.now} "
+                    f"WHERE {c('state')} = 'applied' AND {c('id')} IN ({_marks(len(chunk))})",
+                    list(chunk),
+                )
+            return ids
+
+        return await self._tx(work)
+
+    async def note_apply_failure(self, batch_id: str, reason: str, limit: int) -> int:
+        """Count one failed apply of a batch; quarantine it at ``limit``. Returns the count.
+
+        The count lives in the batch's error text ("apply failed N times: ..."), so it
+        survives restarts and every worker sees it, without a schema change. The lease is
+        left alone: its owner retries it (or hands it over when stopping); a quarantined
+        batch is adopted by no one.
+        """
+        c = self._c
+
+        async def work(conn: Connection) -> int:
+            rows = await conn.fetchall(
+                f"SELECT {c('error')}, {c('state')} FROM {self.tables.batches}"
+                f"{self.dialect.lock_hint} WHERE {c('id')} = ?{self.dialect.lock_suffix}",
+                [batch_id],
+            )
+            if not rows:
+                return 0
+            previous = _APPLY_FAILED.match(str(rows[0][0] or ""))
+            count = (int(previous.group(1)) if previous else 0) + 1
+            state = "quarantined" if count >= limit else str(rows[0][1])
+            prefix = "quarantined: " if state == "quarantined" else ""
+            text = f"{prefix}apply failed {count} times: {reason}"
+            await conn.execute(
+                f"UPDATE {self.tables.batches} SET {c('state')} = ?, {c('error')} = ?, "
+                f"{c('updated_at')} = {self.dialect.now} WHERE {c('id')} = ?",
+                [state, _error_text(text), batch_id],
+            )
+            return count
+
+        return await self._tx(work)
+
+    async def quarantine_batch(self, batch_id: str, reason: str) -> None:
+        """Hold a batch with its reason: no worker adopts it until ``release_batch``."""
+        await self.update_batch(batch_id, state="quarantined", error=f"quarantined: {reason}",
+                                lease_expires_at=None)
+
+    async def release_batch(self, batch_id: str) -> BatchRecord:
+        """Put a quarantined batch back to ``finished`` (count cleared) so it is applied again."""
+        record = await self.get_batch(batch_id) or await self.find_batch_by_remote_id(batch_id)
+        if record is None:
+            raise StoreError(f"no batch {batch_id!r} in the batches table")
+        if record.state != "quarantined":
+            raise StoreError(f"batch {record.id} is {record.state}, not quarantined")
+        await self.update_batch(record.id, state="finished", error=None, worker_id=None,
+                                lease_expires_at=None)
+        found = await self.get_batch(record.id)
+        assert found is not None
+        return found

@@ -12,9 +12,12 @@ import asyncio
 import contextlib
 import re
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from engine.emulator import Emulator, EmulatorConfig
+from engine.store.pool import Connection
 from tests.conftest import DbTarget
 from tests.integration.helpers import connect
 from tests.reliability import harness
@@ -145,6 +148,18 @@ class Killer:
         finally:
             conn.close()
 
+    def sessions(self) -> int:
+        """How many connections the engine has open now."""
+        conn = connect(self.target.dsn)
+        try:
+            if self.target.dialect == "postgresql":
+                sql = "SELECT COUNT(*) FROM pg_stat_activity WHERE usename = ?"
+            else:
+                sql = "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE USER = ?"
+            return int(conn.cursor().execute(sql, self.user).fetchone()[0])
+        finally:
+            conn.close()
+
     def kill_all(self) -> int:
         """Kill every connection of the engine now; return how many."""
         conn = connect(self.target.dsn)
@@ -231,4 +246,137 @@ async def scenario_database_unreachable(target: DbTarget, tmp_path: Path, outage
             assert figures.done == ROWS
         finally:
             await proxy.close()
+            harness.cleanup(target)
+
+
+# -- drivers that lie: faults under the store, in the engine's own process -------------------
+
+
+def _is_source_write(sql: str, source: str) -> bool:
+    """Whether a statement is the apply's UPDATE of the source table."""
+    head = sql.lstrip()[:7].upper()
+    return head == "UPDATE " and source in sql.split(" SET ", 1)[0]
+
+
+def lose_apply_commits(monkeypatch: Any, source: str, lose: int) -> dict[str, int]:
+    """Make the COMMIT of ``lose`` apply transactions report success without committing.
+
+    What psqlODBC does on a backend killed at the wrong moment: the transaction that wrote
+    the source rows and marked their items done is rolled back, and COMMIT returns normally.
+    Returns the counter of commits lost so far.
+    """
+    real_execute, real_fetchall = Connection.execute, Connection.fetchall
+    real_executemany, real_commit = Connection.executemany, Connection.commit
+    real_rollback = Connection.rollback
+    state = {"lost": 0}
+    wrote: set[int] = set()
+
+    async def execute(self: Connection, sql: str, params: Sequence[Any] = ()) -> int:
+        if _is_source_write(sql, source):
+            wrote.add(id(self))
+        return await real_execute(self, sql, params)
+
+    async def fetchall(self: Connection, sql: str, params: Sequence[Any] = ()) -> Any:
+        if _is_source_write(sql, source):
+            wrote.add(id(self))
+        return await real_fetchall(self, sql, params)
+
+    async def executemany(self: Connection, sql: str, seq: Sequence[Sequence[Any]]) -> None:
+        if _is_source_write(sql, source):
+            wrote.add(id(self))
+        await real_executemany(self, sql, seq)
+
+    async def commit(self: Connection) -> None:
+        if id(self) in wrote and state["lost"] < lose:
+            wrote.discard(id(self))
+            state["lost"] += 1
+            await real_rollback(self)  # nothing committed ...
+            return  # ... and COMMIT "succeeded"
+        wrote.discard(id(self))
+        await real_commit(self)
+
+    monkeypatch.setattr(Connection, "execute", execute)
+    monkeypatch.setattr(Connection, "fetchall", fetchall)
+    monkeypatch.setattr(Connection, "executemany", executemany)
+    monkeypatch.setattr(Connection, "commit", commit)
+    return state
+
+
+def silence_source_writes(monkeypatch: Any, source: str, count: int) -> dict[str, int]:
+    """Make ``count`` UPDATEs of the source table change no row and raise nothing.
+
+    What MariaDB Connector/ODBC does with "Data truncated" (1265) in a non-strict session:
+    SQLSTATE 01000, a warning pyodbc does not raise, and the row unchanged. Returns the
+    counter of statements silenced so far.
+    """
+    real_execute, real_fetchall = Connection.execute, Connection.fetchall
+    real_executemany = Connection.executemany
+    state = {"silenced": 0}
+
+    def rewrite(sql: str) -> str:
+        if _is_source_write(sql, source) and state["silenced"] < count:
+            state["silenced"] += 1
+            return sql + " AND 1 = 0"
+        return sql
+
+    async def execute(self: Connection, sql: str, params: Sequence[Any] = ()) -> int:
+        return await real_execute(self, rewrite(sql), params)
+
+    async def fetchall(self: Connection, sql: str, params: Sequence[Any] = ()) -> Any:
+        return await real_fetchall(self, rewrite(sql), params)
+
+    async def executemany(self: Connection, sql: str, seq: Sequence[Sequence[Any]]) -> None:
+        await real_executemany(self, rewrite(sql), seq)
+
+    monkeypatch.setattr(Connection, "execute", execute)
+    monkeypatch.setattr(Connection, "fetchall", fetchall)
+    monkeypatch.setattr(Connection, "executemany", executemany)
+    return state
+
+
+async def scenario_connections_terminated(
+    target: DbTarget, tmp_path: Path, *, rows: int, every_s: float, for_s: float, workers: int
+) -> harness.Figures:
+    """Issue 11's figure: every engine connection terminated every ``every_s`` for ``for_s``
+    while ``workers`` workers run; then restarts until every row is resolved.
+    """
+    # Batches of 20 that take a second each, so the workers are busy the whole window.
+    async with Emulator(EmulatorConfig(seed=53, latency_s=1.0)) as emu:
+        try:
+            await harness.prepare(target, harness.texts(rows))
+            with Killer(target) as killer:
+                procs = []
+                for n in range(workers):
+                    spec = harness.spec_for(
+                        target, emu, dsn=killer.engine_dsn(), worker_id=f"t{n}",
+                        log_level="WARNING",
+                        settings=harness.fast(tmp_path / f"spool{n}", batch_size=20,
+                                              max_in_flight=3),
+                    )
+                    procs.append(await harness.start_worker(spec))
+                loop = asyncio.get_running_loop()
+                # Start once every worker is connected, so the window covers their work
+                # rather than their interpreters starting.
+                while await asyncio.to_thread(killer.sessions) < workers:
+                    assert all(p.returncode is None for p in procs), "a worker ended early"
+                    await asyncio.sleep(0.05)
+                end = loop.time() + for_s
+                while loop.time() < end and any(p.returncode is None for p in procs):
+                    await asyncio.to_thread(killer.kill_all)
+                    await asyncio.sleep(every_s)
+                ended = [await harness.finish(p, timeout_s=180) for p in procs]
+                assert killer.killed > 0, (
+                    "no engine connection was ever killed: "
+                    + " | ".join(f"{e.code}: {e.stderr[-1500:]}" for e in ended)
+                )
+                print(f"connections terminated: {killer.killed}")
+            for result in ended:
+                assert result.code == 0, result.stderr[-3000:]
+            spec = harness.spec_for(target, emu, worker_id="after", log_level="WARNING",
+                                    settings=harness.fast(tmp_path / "spool-after"))
+            restarts = 0
+            if harness.unresolved(target, rows):
+                restarts = await harness.run_until_resolved(target, spec, rows)
+            return harness.measure(target, emu, restarts)
+        finally:
             harness.cleanup(target)

@@ -37,7 +37,7 @@ def test_every_documented_command_parses() -> None:
     parser = build_parser()
     for argv in (["init-db"], ["run", "--until-idle"], ["submit"], ["check", "x"],
                  ["cancel", "x"], ["status", "--json"], ["retry-dead"], ["doctor"],
-                 ["demo", "--rows", "5"], ["emulator", "--port", "0"]):
+                 ["release", "x"], ["demo", "--rows", "5"], ["emulator", "--port", "0"]):
         assert parser.parse_args(argv).command == argv[0]
 
 
@@ -52,7 +52,8 @@ def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = No
 def test_help_lists_commands_old_flags_and_exit_codes() -> None:
     result = run_cli("--help")
     assert result.returncode == 0
-    for word in ("init-db", "submit", "check", "doctor", "--check-batch", "exit codes"):
+    for word in ("init-db", "submit", "check", "doctor", "release", "--check-batch",
+                 "exit codes"):
         assert word in result.stdout
     for code in EXIT_CODES:
         assert f"{code:>3}  " in result.stdout
