@@ -116,6 +116,17 @@ MUTATIONS: tuple[Mutation, ...] = (
         tests=("tests/integration/test_no_network_in_transaction.py",),
     ),
     Mutation(
+        name="poll_holding_connection",
+        guarantee="5 no transaction spans a network call (implicit ones included)",
+        path="engine/poller.py",
+        old="            batch = await ctx.api.retrieve_batch(record.remote_batch_id)\n",
+        new="            async with ctx.store.pool.acquire() as held:\n"
+        "                await held.fetchall(\"SELECT 1\")\n"
+        "                batch = await ctx.api.retrieve_batch(record.remote_batch_id)\n",
+        tests=("tests/integration/test_no_network_in_transaction.py::"
+               "test_no_api_call_inside_a_transaction",),
+    ),
+    Mutation(
         name="resolve_rows_without_result",
         guarantee="1 nothing lost: rows a finished batch never answered go back",
         path="engine/writer.py",
