@@ -25,6 +25,8 @@ from pathlib import Path
 
 import pytest
 
+from engine import ApiSettings, ConfigError
+from engine.batch_api import BatchApi
 from engine.emulator import Emulator, EmulatorConfig, FaultConfig
 from tests.conftest import DbTarget
 from tests.integration.helpers import fetch
@@ -242,3 +244,33 @@ async def test_stale_worker_apply_after_takeover(db: DbTarget, tmp_path: Path) -
             assert figures.done + figures.dead == rows
         finally:
             harness.cleanup(db)
+
+
+async def test_the_emulator_holds_creates_and_shortens_output_files(tmp_path: Path) -> None:
+    """The two faults above do what the tests rely on (so those tests can fail for real)."""
+    with pytest.raises(ConfigError):
+        FaultConfig(short_output_lines=-1)
+    with pytest.raises(ConfigError):
+        FaultConfig(create_delay_s=-0.1)
+    faults = FaultConfig(create_delay_s=0.5, short_output_lines=2)
+    async with (
+        Emulator(EmulatorConfig(seed=175, faults=faults)) as emu,
+        BatchApi(ApiSettings(api_key=KEY, base_url=emu.base_url, timeout_s=10)) as api,
+    ):
+        path = tmp_path / "in.jsonl"
+        path.write_text("".join(
+            f'{{"custom_id": "c{i}", "method": "POST", "url": "/v1/chat/completions", "body": '
+            f'{{"model": "gpt-4o-mini", "messages": [{{"role": "user", "content": "x{i}"}}]}}}}\n'
+            for i in range(5)
+        ))
+        file_id = await api.upload_file(path)
+        create = asyncio.create_task(api.create_batch(file_id, "/v1/chat/completions", {}))
+        await _until(lambda: emu.creates_held == 1, "the held create")
+        assert not emu.record.batches  # accepted, not landed yet
+        batch = await create
+        assert list(emu.record.batches) == [batch.id]
+        await _until(lambda: emu.record.batches[batch.id].status == "completed", "completion")
+        done = await api.retrieve_batch(batch.id)
+        assert done.output_file_id is not None
+        await api.download_file(done.output_file_id, tmp_path / "out.jsonl")
+        assert len((tmp_path / "out.jsonl").read_text().splitlines()) == 3
