@@ -677,8 +677,10 @@ class Engine:
             submitter.admit = ceiling.admit
 
         async def orphans_found() -> None:
-            ctx.work_changed.set()
+            # Adopt first: a producer woken before the adoption landed could find nothing
+            # in flight and nothing elsewhere, and call the run idle.
             await adopt()
+            ctx.work_changed.set()
 
         heartbeat = self._heartbeat(ctx, orphans_found)
         # The first beat also ends the leases of workers that died since they last beat.

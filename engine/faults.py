@@ -4,6 +4,10 @@ Off unless ``ENGINE_CRASH_AT`` names a point (the reliability tests set it on a 
 which then kills itself with SIGKILL; ``ENGINE_CRASH_AFTER=N`` makes it the N-th time the point
 is reached, default the first) or a test arms one in-process with ``arm()``, which raises
 SimulatedCrash, a BaseException that no engine code catches or cleans up after.
+
+``ENGINE_STOP_AT`` names a point where the process stalls instead of dying: it stops itself
+with SIGSTOP the first time the point is reached, and goes on from there when a test sends
+SIGCONT (a worker frozen by a long GC pause, a swapped-out VM, a laptop lid).
 """
 
 from __future__ import annotations
@@ -57,6 +61,17 @@ def crash_point(point: str) -> None:
         _reached[point] = _reached.get(point, 0) + 1
         if _reached[point] >= _crash_after():
             os.kill(os.getpid(), signal.SIGKILL)
+    _stop_point(point)
+
+
+_stopped: set[str] = set()  # ENGINE_STOP_AT points this process already stopped at
+
+
+def _stop_point(point: str) -> None:
+    """Stop this process (SIGSTOP) the first time it reaches the point ENGINE_STOP_AT names."""
+    if os.environ.get("ENGINE_STOP_AT") == point and point not in _stopped:
+        _stopped.add(point)
+        os.kill(os.getpid(), signal.SIGSTOP)
 
 
 def _crash_after() -> int:

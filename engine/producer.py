@@ -83,6 +83,9 @@ class Producer:
             if (
                 self._until_idle and others_in_flight == 0 and self._queue.empty()
                 and not await self._orphans_left()
+                # A batch adopted while this looked (a dead worker's, say) is ours now: its
+                # requeued rows are work for this run, so look again once it is done.
+                and ctx.slots.count == 0 and self._queue.empty()
             ):
                 self.idle = True
                 ctx.emit(EngineEvent(kind="idle", job=ctx.job.name, message="nothing pending"))

@@ -42,6 +42,8 @@ class Mutation:
     new: str
     tests: tuple[str, ...]
     quick: bool = False  # in the CI subset
+    # Further (path, old, new) edits, for a mechanism the code carries out in two places.
+    also: tuple[tuple[str, str, str], ...] = ()
 
 
 RECOVERY = "tests/integration/test_recovery.py"
@@ -78,6 +80,12 @@ MUTATIONS: tuple[Mutation, ...] = (
         old="            lost = await ctx.store.renew_batch_leases(ctx.worker_id, owned, "
         "ctx.settings.lease_s)",
         new="            lost = []",
+        # The same loop's adoption also re-leases the worker's own batches (the worker_id = ?
+        # clause, there for a restart under the same id): take that renewal out as well.
+        also=(("engine/store/store.py",
+               "                f\"AND ({c('worker_id')} = ? OR {c('worker_id')} IS NULL \"",
+               "                f\"AND (1 = 0 AND {c('worker_id')} = ? "
+               "OR {c('worker_id')} IS NULL \""),),
         tests=("tests/reliability/test_guarantee_gaps.py::test_live_worker_keeps_its_batches",),
     ),
     Mutation(
@@ -114,6 +122,17 @@ MUTATIONS: tuple[Mutation, ...] = (
         "                    deadline=deadline,\n"
         "                )\n",
         tests=("tests/integration/test_no_network_in_transaction.py",),
+    ),
+    Mutation(
+        name="poll_holding_connection",
+        guarantee="5 no transaction spans a network call (implicit ones included)",
+        path="engine/poller.py",
+        old="            batch = await ctx.api.retrieve_batch(record.remote_batch_id)\n",
+        new="            async with ctx.store.pool.acquire() as held:\n"
+        "                await held.fetchall(\"SELECT 1\")\n"
+        "                batch = await ctx.api.retrieve_batch(record.remote_batch_id)\n",
+        tests=("tests/integration/test_no_network_in_transaction.py::"
+               "test_no_api_call_inside_a_transaction",),
     ),
     Mutation(
         name="resolve_rows_without_result",
@@ -183,15 +202,16 @@ def _copy_tree(dest: Path) -> None:
 
 
 def _apply(tree: Path, mutation: Mutation) -> str | None:
-    """Apply the edit in tree; return why it cannot be applied, or None."""
-    path = tree / mutation.path
-    if not path.is_file():
-        return f"{mutation.path} does not exist"
-    text = path.read_text()
-    found = text.count(mutation.old)
-    if found != 1:
-        return f"its text occurs {found} times in {mutation.path} (must be exactly once)"
-    path.write_text(text.replace(mutation.old, mutation.new))
+    """Apply the edits in tree; return why one cannot be applied, or None."""
+    for name, old, new in ((mutation.path, mutation.old, mutation.new), *mutation.also):
+        path = tree / name
+        if not path.is_file():
+            return f"{name} does not exist"
+        text = path.read_text()
+        found = text.count(old)
+        if found != 1:
+            return f"its text occurs {found} times in {name} (must be exactly once)"
+        path.write_text(text.replace(old, new))
     return None
 
 

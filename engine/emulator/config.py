@@ -48,6 +48,9 @@ class FaultConfig:
     # deep_answer_depth deep (a poison answer; see responders.nested_answer).
     deep_answer_marker: str | None = None
     deep_answer_depth: int = 10_000
+    # Test faults for the engine's recovery paths (see their use in server.py and state.py).
+    short_output_lines: int = 0  # drop this many lines from each output file (a short file)
+    create_delay_s: float = 0.0  # hold each batches.create this long before it lands
 
     def __post_init__(self) -> None:
         """Reject rates outside [0, 1] and rate sums that leave no room for success."""
@@ -72,6 +75,7 @@ class FaultConfig:
             raise ConfigError("faults.enqueued_request_limit: must be at least 1")
         if self.expire_fraction is not None and not 0.0 <= self.expire_fraction <= 1.0:
             raise ConfigError(f"faults.expire_fraction: {self.expire_fraction!r} not in 0..1")
+        _check_test_faults(self)
 
     def active(self) -> dict[str, object]:
         """Return the faults that differ from the defaults (for logs and stats)."""
@@ -81,6 +85,14 @@ class FaultConfig:
             for f in fields(self)
             if getattr(self, f.name) != getattr(default, f.name)
         }
+
+
+def _check_test_faults(faults: FaultConfig) -> None:
+    """Reject negative values of the short-file and held-create faults."""
+    if faults.short_output_lines < 0:
+        raise ConfigError(f"faults.short_output_lines: {faults.short_output_lines!r} is negative")
+    if faults.create_delay_s < 0:
+        raise ConfigError(f"faults.create_delay_s: {faults.create_delay_s!r} is negative")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import codecs
 import hmac
 import logging
@@ -368,8 +369,22 @@ async def _create_batch(request: web.Request) -> web.Response:
     if input_file.purpose != "batch":
         raise ApiError(400, "The input file must be uploaded with purpose 'batch'.",
                        param="input_file_id")
+    await _hold_create(request)
     batch = state.create_batch(input_file, endpoint, "24h", metadata, output_expires_s)
     return web.json_response(batch.to_json())
+
+
+async def _hold_create(request: web.Request) -> None:
+    """Keep an accepted create in flight for faults.create_delay_s (the held-create fault).
+
+    The batch lands when the delay is over even if the client has gone meanwhile (aiohttp
+    does not cancel a handler whose client disconnected), like a request already on the wire.
+    """
+    emulator = request.app[_EMULATOR_KEY]
+    delay = emulator.faults.create_delay_s
+    if delay > 0:
+        emulator.creates_held += 1
+        await asyncio.sleep(delay)
 
 
 async def _get_batch(request: web.Request) -> web.Response:
@@ -462,6 +477,7 @@ class Emulator:
         self._runner: web.AppRunner | None = None
         self._temp_dir: str | None = None
         self._used = False
+        self.creates_held = 0  # batches.create requests the create_delay_s fault has held
 
     @property
     def faults(self) -> FaultConfig:

@@ -829,6 +829,10 @@ class EmulatorState:
                 continue
             file_id = new_id("file-")
             size = await asyncio.to_thread(spool.finish, self.file_path(file_id), rng)
+            if kind == "output" and self.faults.short_output_lines:
+                size = await asyncio.to_thread(
+                    _drop_last_lines, self.file_path(file_id), self.faults.short_output_lines
+                )
             self.add_file(file_id, f"batch_{batch.id}_{kind}.jsonl", "batch_output", size,
                           batch.output_expires_s)
             if kind == "output":
@@ -849,6 +853,14 @@ class EmulatorState:
             "faults": self.faults.active(),
             **_memory(),
         }
+
+
+def _drop_last_lines(path: Path, count: int) -> int:
+    """Cut the last ``count`` lines off a finished file (the short-file fault); return its size."""
+    lines = path.read_bytes().splitlines(keepends=True)
+    kept = b"".join(lines[: max(0, len(lines) - count)])
+    path.write_bytes(kept)
+    return len(kept)
 
 
 def _line_json(

@@ -3,6 +3,10 @@
 A context variable is set while a store transaction is open; every Batch API call checks it.
 Context variables follow the task that set them, so a transaction in one stage and an API
 call in another, running side by side, are not confused with one inside the other.
+
+A pooled connection from ``Pool.acquire`` that has run a statement is in a transaction too
+where the dialect does not run in autocommit (PostgreSQL, MariaDB: the first statement opens
+one implicitly, held until the pool rolls it back on return), so the watch marks that as well.
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ from tests.conftest import DbTarget
 from tests.integration.test_engine import api_for, cleanup, fast_settings, prepared
 
 IN_TRANSACTION: contextvars.ContextVar[bool] = contextvars.ContextVar("in_tx", default=False)
+# The connection this task holds from Pool.acquire on a dialect without autocommit.
+HELD: contextvars.ContextVar[Connection | None] = contextvars.ContextVar("held", default=None)
 
 
 @dataclass
@@ -41,7 +47,28 @@ def watch(monkeypatch: pytest.MonkeyPatch) -> Watch:
     """Mark open transactions and check each Batch API call against the mark."""
     seen = Watch()
     original_tx = Pool.transaction
+    original_acquire = Pool.acquire
+    original_run = Connection._call
     original_call = BatchApi._call
+    ran: set[int] = set()  # ids of held connections that ran a statement since acquire
+
+    @asynccontextmanager
+    async def acquire(self: Pool) -> AsyncIterator[Connection]:
+        async with original_acquire(self) as conn:
+            if self.dialect.autocommit:
+                yield conn
+                return
+            ran.discard(id(conn))
+            token = HELD.set(conn)
+            try:
+                yield conn
+            finally:
+                HELD.reset(token)
+                ran.discard(id(conn))
+
+    async def run(self: Connection, fn: Callable[[], Any]) -> Any:
+        ran.add(id(self))
+        return await original_run(self, fn)
 
     @asynccontextmanager
     async def transaction(self: Pool) -> AsyncIterator[Connection]:
@@ -54,11 +81,14 @@ def watch(monkeypatch: pytest.MonkeyPatch) -> Watch:
 
     async def call(self: BatchApi, what: str, fn: Callable[[], Awaitable[Any]]) -> Any:
         seen.calls.append(what)
-        if IN_TRANSACTION.get():
+        held = HELD.get()
+        if IN_TRANSACTION.get() or (held is not None and id(held) in ran):
             seen.inside.append(what)
         return await original_call(self, what, fn)
 
     monkeypatch.setattr(Pool, "transaction", transaction)
+    monkeypatch.setattr(Pool, "acquire", acquire)
+    monkeypatch.setattr(Connection, "_call", run)
     monkeypatch.setattr(BatchApi, "_call", call)
     return seen
 
@@ -93,4 +123,28 @@ async def test_the_watch_sees_a_call_made_inside_a_transaction(
     ):
         with pytest.raises(BatchApiError):  # unknown id: a 404, not retried
             await api.retrieve_batch("batch_unknown")
+    assert watch.inside == ["retrieve_batch"]
+
+
+async def test_the_watch_sees_a_call_made_while_holding_a_used_connection(
+    server_db: DbTarget, watch: Watch
+) -> None:
+    """Without autocommit, a SELECT on an acquired connection opens a transaction: caught."""
+    _job, store_settings = await prepared(server_db, ["x"])
+    store = await Store.open(store_settings)
+    try:
+        async with (
+            Emulator(EmulatorConfig()) as emu,
+            BatchApi(api_for(emu)) as api,
+            store.pool.acquire() as conn,
+        ):
+            with pytest.raises(BatchApiError):  # before any statement: not in a transaction
+                await api.retrieve_batch("batch_unknown")
+            await conn.fetchall("SELECT 1")
+            with pytest.raises(BatchApiError):
+                await api.retrieve_batch("batch_unknown")
+    finally:
+        await store.close()
+        cleanup(server_db)
+    assert watch.calls == ["retrieve_batch", "retrieve_batch"]
     assert watch.inside == ["retrieve_batch"]

@@ -182,7 +182,8 @@ async def start_worker(
     env: dict[str, str] | None = None,
 ) -> asyncio.subprocess.Process:
     """Start tests/reliability/worker.py as a subprocess (crashing at a point when asked)."""
-    child_env = {k: v for k, v in os.environ.items() if not k.startswith("ENGINE_CRASH")}
+    child_env = {k: v for k, v in os.environ.items()
+                 if not k.startswith(("ENGINE_CRASH", "ENGINE_STOP"))}
     child_env.update(env or {})
     if crash_at is not None:
         child_env["ENGINE_CRASH_AT"] = crash_at
