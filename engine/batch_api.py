@@ -31,6 +31,7 @@ import os
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
@@ -64,6 +65,8 @@ _METADATA_PAIRS = 16
 _METADATA_KEY_CHARS = 64
 _METADATA_VALUE_CHARS = 512
 _LOOKUP_PAGES = 2
+# How often a create whose request may still be on its way is looked for (seconds, at most).
+_LANDING_POLL_S = 2.0
 
 
 def _retry_after_s(headers: httpx2.Headers | None) -> float | None:
@@ -87,6 +90,8 @@ def _retry_after_s(headers: httpx2.Headers | None) -> float | None:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError):
         return None
+    if when.tzinfo is None:  # "-0000": UTC with no zone said; never the local zone
+        when = when.replace(tzinfo=UTC)
     return max(when.timestamp() - time.time(), 0.0)
 
 
@@ -105,6 +110,9 @@ class BatchApi:
         self._attempts = max(settings.max_retries, 1)
         self._retry_initial_s = retry_initial_s
         self._retry_max_s = retry_max_s
+        # engine_batch tag -> time.monotonic() of the last create of it whose request may still
+        # be on its way (timed out or cut off): a second remote batch may yet appear with it.
+        self._uncertain: dict[str, float] = {}
         self._client: openai.AsyncOpenAI
         if settings.provider == "azure":
             if not settings.base_url:
@@ -285,11 +293,16 @@ class BatchApi:
         ):
             raise ConfigError("metadata: at most 16 pairs, keys <= 64 chars, values <= 512 chars")
         ambiguous = False
+        tag = metadata.get("engine_batch")
+        in_flight_at: float | None = None  # when a request that may still land was cut off
 
         async def create() -> Batch:
-            nonlocal ambiguous
-            if ambiguous and "engine_batch" in metadata:
-                found = await self._find_created(input_file_id, metadata["engine_batch"])
+            nonlocal ambiguous, in_flight_at
+            if ambiguous and tag is not None:
+                # A request cut off on our side may still be on its way: look for it until it
+                # would have landed, and only then create again.
+                until = 0.0 if in_flight_at is None else in_flight_at + self.create_timeout_s
+                found = await self._await_landing(input_file_id, tag, until)
                 if found is not None:
                     log.info("create_batch: reusing %s created by a lost attempt", found.id)
                     return found
@@ -306,13 +319,50 @@ class BatchApi:
             except openai.APIStatusError as exc:
                 ambiguous = ambiguous or exc.status_code >= 500
                 raise
-            except openai.APIConnectionError:
+            except openai.APIConnectionError as exc:
                 ambiguous = True
+                if not isinstance(exc.__cause__, httpx2.ConnectError | httpx2.ConnectTimeout):
+                    # Sent, then timed out or cut off: it may land later than our answer.
+                    in_flight_at = time.monotonic()
+                    if tag is not None:
+                        self._uncertain[tag] = in_flight_at
                 raise
 
         batch = await self._call("create_batch", create)
         log.info("created batch %s from %s", batch.id, input_file_id, extra={"batch_id": batch.id})
         return batch
+
+    def may_land(self, engine_batch: str) -> bool:
+        """Whether a create of this tag was cut off after it was sent (it may land later)."""
+        return engine_batch in self._uncertain
+
+    def uncertain_create(self, engine_batch: str) -> float | None:
+        """Forget and return when a create of this tag was last cut off (time.monotonic())."""
+        return self._uncertain.pop(engine_batch, None)
+
+    async def _await_landing(
+        self, input_file_id: str, engine_batch: str, until: float
+    ) -> Batch | None:
+        """Look for a batch of an earlier attempt until ``until`` (time.monotonic())."""
+        pause = min(_LANDING_POLL_S, max(self.create_timeout_s / 10, 0.05))
+        while True:
+            found = await self._find_created(input_file_id, engine_batch)
+            left = until - time.monotonic()
+            if found is not None or left <= 0:
+                return found
+            await asyncio.sleep(min(pause, left))
+
+    async def file_created_at(self, file_id: str) -> int | None:
+        """Return the remote's own creation time of a file (epoch s), or None when it is gone."""
+        try:
+            stored = await self._call(
+                "retrieve_file", lambda: self._client.files.retrieve(file_id)
+            )
+        except BatchApiError as exc:
+            if getattr(exc, "status_code", None) == 404:
+                return None
+            raise
+        return int(stored.created_at)
 
     async def _find_created(self, input_file_id: str, engine_batch: str) -> Batch | None:
         """Look for a batch an earlier attempt may have created (one raw pass, no retries)."""

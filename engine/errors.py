@@ -28,6 +28,7 @@ __all__ = [
     "IdentifierError",
     "LeaseExpiredError",
     "LifecycleError",
+    "RemoteGoneError",
     "ResultError",
     "StaleClaimError",
     "StoreError",
@@ -94,3 +95,7 @@ class AuthenticationError(BatchApiError):
 
 class ResultError(EngineError):
     """One output line could not be used; the reason goes back to the row."""
+
+
+class RemoteGoneError(EngineError):
+    """The remote side no longer knows a batch (404, or abandoned for it): nothing to do there."""

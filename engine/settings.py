@@ -103,6 +103,10 @@ class EngineSettings:
     spool_dir: str = "spool"
     shutdown_grace_period_s: float = 30.0
     token_limit_backoff_s: float = 60.0
+    # A remote batch or file answering 404 this many times in a row over at least this long is
+    # gone (the API forgot it): its batch is abandoned and its rows go back without an attempt.
+    remote_gone_polls: int = 3
+    remote_gone_s: float = 60.0
 
     def __post_init__(self) -> None:
         """Reject settings that cannot work, naming the one at fault."""
@@ -116,3 +120,7 @@ class EngineSettings:
             raise ConfigError("check_interval_s: must be >= 0")
         if self.lease_s <= 0:
             raise ConfigError(f"lease_s: must be > 0, got {self.lease_s}")
+        if self.remote_gone_polls < 1:
+            raise ConfigError(f"remote_gone_polls: must be >= 1, got {self.remote_gone_polls}")
+        if self.remote_gone_s < 0:
+            raise ConfigError(f"remote_gone_s: must be >= 0, got {self.remote_gone_s}")

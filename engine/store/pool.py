@@ -217,6 +217,7 @@ class Pool:
             with suppress(pyodbc.Error):
                 raw.timeout = self._timeout_s
         statements = self.dialect.session_sql(self._timeout_s) if self._timeout_s else []
+        statements += self.dialect.zone_sql()
         if statements:
             cursor = raw.cursor()
             try:
