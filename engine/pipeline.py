@@ -236,7 +236,7 @@ class RemoteGone:
         lasted = time.monotonic() - first
         if count >= self._polls and lasted >= self._gone_s:
             self._seen.pop(batch_id, None)
-            return f"{count} answers of 404 over {lasted:.0f}s"
+            return f"404 {count} times over {lasted:.1f}s"
         return None
 
     def found(self, batch_id: str) -> None:

@@ -33,6 +33,7 @@ from engine.pipeline import (
     PipelineContext,
     abandon_batch,
     get_or_stop,
+    is_not_found,
     sleep_or_stop,
 )
 from engine.store import BatchRecord
@@ -52,6 +53,8 @@ REMOTE_CLOCK_MARGIN_S = 300
 # After a create whose request may still be on its way, extra remote batches carrying the same
 # tag are looked for (and cancelled) for this many create timeouts.
 TWIN_WATCH_TIMEOUTS = 10
+# Uploads of a draft's input again after the API forgot the file, before it is given up.
+INPUT_REUPLOADS = 3
 _TWIN_LIVE = frozenset({"validating", "in_progress", "finalizing"})
 # Added to the create timeout before an adopted batch may be looked for or created.
 ADOPT_SETTLE_MARGIN_S = 5.0
@@ -112,6 +115,7 @@ class Submitter:
         # Local id -> time.monotonic() until which a create of it that failed may still land.
         self.landing_until: dict[str, float] = {}
         self._watchers: set[asyncio.Task[None]] = set()
+        self._reuploads: dict[str, int] = {}  # local id -> uploads after its file was gone
 
     async def run(self) -> None:
         """Submit whatever arrives until the engine stops; then stop watching for twins."""
@@ -174,6 +178,12 @@ class Submitter:
                 refreshed = await ctx.store.get_batch(record.id)
                 record = refreshed or record
             except BatchApiError as exc:
+                if is_not_found(exc) and record.state == "uploaded":
+                    gone = await self._input_gone(record, exc)
+                    if gone is not None:
+                        record = gone
+                        continue
+                    return
                 await self._abandon(record, f"submission refused: {exc}")
                 return
 
@@ -249,6 +259,27 @@ class Submitter:
         ctx.batches_submitted += 1
         self._watch_twins(record, batch.id)
         await self._track(record)
+
+    async def _input_gone(self, record: BatchRecord, exc: BatchApiError) -> BatchRecord | None:
+        """Upload again a draft whose input file the API forgot; give up after a few tries.
+
+        The rows are not at fault: a batch given up on goes back without using an attempt.
+        """
+        ctx = self._ctx
+        tries = self._reuploads.get(record.id, 0) + 1
+        self._reuploads[record.id] = tries
+        if tries > INPUT_REUPLOADS:
+            self._reuploads.pop(record.id, None)
+            reason = (
+                f"input file {record.input_file_id} is gone: the API answered 404 after "
+                f"{INPUT_REUPLOADS} uploads ({exc}); its rows were sent back without using an "
+                "attempt"
+            )
+            await abandon_batch(ctx, record, reason, burn_attempt=False)
+            return None
+        log.warning("batch %s: input file %s not found (%s); uploading it again", record.id,
+                    record.input_file_id, exc, extra={"batch_id": record.id})
+        return await ctx.record_batch(record, state="draft", input_file_id=None)
 
     async def _still_ours(self, record: BatchRecord) -> float | None:
         """Renew this batch's lease right before create; return when it runs out, or None.

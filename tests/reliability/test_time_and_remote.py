@@ -203,3 +203,29 @@ async def test_create_landing_after_the_bound_is_cancelled(
     # The twin was live for the moment it took to find it: that overlap is the one allowed.
     assert [p for p in figures.problems() if not p.startswith("duplicate_live")] == []
     assert figures.done == 10
+
+
+async def test_result_file_forgotten_after_finish(sqlite_db: DbTarget, tmp_path: Path) -> None:
+    db = sqlite_db
+    rows = 20
+    async with Emulator(EmulatorConfig(seed=35, latency_s=0.05)) as emu:
+        await harness.prepare(db, harness.texts(rows))
+        settings = harness.fast(tmp_path / "spool", batch_size=10, remote_gone_polls=2,
+                                remote_gone_s=0.2)
+        spec = harness.spec_for(db, emu, worker_id="w1", settings=settings)
+        # Killed once the first batch's output is downloaded, before anything is applied.
+        crashed = await harness.run_worker(spec, crash_at="after_download")
+        assert crashed.killed, crashed.stderr[-2000:]
+        emu.forget()  # the restart's download answers 404
+        restarts = await harness.run_until_resolved(db, spec, rows)
+        figures = harness.measure(db, emu, restarts)
+    # The forgotten batch had been answered (so paid) before the API forgot it: its rows are
+    # sent again; nothing else may break.
+    assert [p for p in figures.problems() if not p.startswith("double_billed")] == []
+    assert figures.done == rows
+    used = fetch(db.dsn, f"SELECT source_key, attempts FROM {db.prefix}items WHERE attempts > 0")
+    assert used == [], (used, fetch(db.dsn, f"SELECT id, state, error FROM {db.prefix}batches"))
+    gone = fetch(db.dsn, f"SELECT error FROM {db.prefix}batches WHERE state = 'abandoned'")
+    assert gone, "no batch abandoned"
+    assert all(" is gone: the API answered 404 " in str(err) for (err,) in gone), gone
+    assert any("a result file of remote batch" in str(err) for (err,) in gone), gone
