@@ -50,7 +50,7 @@ from engine.errors import (
 from engine.retry import retry_api
 from engine.settings import ApiSettings
 
-__all__ = ["BatchApi"]
+__all__ = ["BatchApi", "CreateUnsettledError"]
 
 log = logging.getLogger("engine.batch_api")
 # A create carries a few hundred bytes and returns at once (validation runs later), so it gets
@@ -67,6 +67,14 @@ _METADATA_VALUE_CHARS = 512
 _LOOKUP_PAGES = 2
 # How often a create whose request may still be on its way is looked for (seconds, at most).
 _LANDING_POLL_S = 2.0
+
+
+class CreateUnsettledError(BatchApiError):
+    """A create was cut off after it was sent and has not shown up yet: it may still land.
+
+    Raised instead of creating again when the caller keeps looking for it on its own
+    (``create_batch(..., wait_for_landing=False)``); never retried here.
+    """
 
 
 def _retry_after_s(headers: httpx2.Headers | None) -> float | None:
@@ -280,12 +288,16 @@ class BatchApi:
         metadata: dict[str, str],
         *,
         deadline: float | None = None,
+        wait_for_landing: bool = True,
     ) -> Batch:
         """Create a batch (completion window 24h), never twice for one engine_batch.
 
         ``deadline`` (time.monotonic()) is when the caller's lease on the batch runs out: no
         attempt starts after it (LeaseExpiredError), so a worker that adopts the batch later
-        knows how long a create of ours can still land.
+        knows how long a create of ours can still land. After a create cut off once sent, the
+        next attempt looks for it during one create timeout before creating again; with
+        ``wait_for_landing`` False it looks once and raises CreateUnsettledError instead, for
+        a caller that goes on looking without blocking.
         """
         if len(metadata) > _METADATA_PAIRS or any(
             len(k) > _METADATA_KEY_CHARS or len(v) > _METADATA_VALUE_CHARS
@@ -302,10 +314,16 @@ class BatchApi:
                 # A request cut off on our side may still be on its way: look for it until it
                 # would have landed, and only then create again.
                 until = 0.0 if in_flight_at is None else in_flight_at + self.create_timeout_s
-                found = await self._await_landing(input_file_id, tag, until)
+                found = await self._await_landing(
+                    input_file_id, tag, until if wait_for_landing else 0.0
+                )
                 if found is not None:
                     log.info("create_batch: reusing %s created by a lost attempt", found.id)
                     return found
+                if in_flight_at is not None and not wait_for_landing:
+                    raise CreateUnsettledError(
+                        f"create_batch {tag}: cut off after it was sent; it may still land"
+                    )
             if deadline is not None and time.monotonic() >= deadline:
                 raise LeaseExpiredError(f"batch {metadata.get('engine_batch', '?')}: lease ran out")
             try:

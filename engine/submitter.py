@@ -20,6 +20,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
+from engine.batch_api import CreateUnsettledError
 from engine.errors import (
     AuthenticationError,
     BatchApiError,
@@ -116,6 +117,9 @@ class Submitter:
         self.landing_until: dict[str, float] = {}
         self._watchers: set[asyncio.Task[None]] = set()
         self._reuploads: dict[str, int] = {}  # local id -> uploads after its file was gone
+        # True inside run(): a batch waiting for a create to land goes back to the inbox
+        # (call_later) so the others go on; single steps (submit_one) wait in place.
+        self._looping = False
 
     async def run(self) -> None:
         """Submit whatever arrives until the engine stops; then stop watching for twins."""
@@ -129,6 +133,7 @@ class Submitter:
     async def _run(self) -> None:
         """Submit whatever arrives until the engine stops."""
         ctx = self._ctx
+        self._looping = True
         while not ctx.stopping.is_set():
             record = await get_or_stop(self._inbox, ctx.stopping)
             if record is None:
@@ -177,6 +182,14 @@ class Submitter:
                 delay = min(delay * 2, max(ctx.settings.check_interval_s, delay))
                 refreshed = await ctx.store.get_batch(record.id)
                 record = refreshed or record
+            except CreateUnsettledError as exc:
+                # Looked for and not there yet: look again shortly, the others go on meanwhile.
+                log.info("batch %s: %s; looking again", record.id, exc,
+                         extra={"batch_id": record.id})
+                asyncio.get_running_loop().call_later(
+                    self._landing_pause(), self._inbox.put_nowait, record
+                )
+                return
             except BatchApiError as exc:
                 if is_not_found(exc) and record.state == "uploaded":
                     gone = await self._input_gone(record, exc)
@@ -232,6 +245,7 @@ class Submitter:
                 record.endpoint,
                 {"engine_batch": record.id, "engine_job": ctx.job.name},
                 deadline=deadline,
+                wait_for_landing=not self._looping,
             )
         except BaseException:
             await self._budget.release(record.model, record.estimated_tokens)
@@ -315,12 +329,14 @@ class Submitter:
         """
         ctx = self._ctx
         until = self.landing_until.get(record.id, 0.0)
-        pause = min(2.0, max(ctx.api.create_timeout_s / 10, 0.05))
         while True:
             found = await self._tagged(record)
             if found or time.monotonic() >= until:
                 break
-            if await sleep_or_stop(min(pause, until - time.monotonic()), ctx.stopping):
+            if self._looping:
+                raise CreateUnsettledError(f"batch {record.id}: a create may still land")
+            pause = min(self._landing_pause(), until - time.monotonic())
+            if await sleep_or_stop(pause, ctx.stopping):
                 break
         self.landing_until.pop(record.id, None)
         if not found:
@@ -355,6 +371,10 @@ class Submitter:
                 found.append(batch)
         return found
 
+    def _landing_pause(self) -> float:
+        """How long to wait between looks for a create that may still land."""
+        return min(2.0, max(self._ctx.api.create_timeout_s / 10, 0.05))
+
     def _watch_twins(self, record: BatchRecord, keep_id: str) -> None:
         """After an uncertain create, cancel any later remote batch carrying the same tag."""
         api = self._ctx.api
@@ -372,7 +392,7 @@ class Submitter:
     async def _sweep_twins(self, record: BatchRecord, keep_id: str, until: float) -> None:
         """Look for twins of ``keep_id`` until ``until`` (time.monotonic()) or the stop."""
         ctx = self._ctx
-        pause = min(2.0, max(ctx.api.create_timeout_s / 10, 0.05))
+        pause = self._landing_pause()
         while time.monotonic() < until:
             try:
                 for twin in await self._tagged(record):
