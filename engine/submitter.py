@@ -10,6 +10,12 @@ Leases keep two workers from creating the same batch. The lease is renewed right
 while the lease is still ours. A worker that adopts an uploaded batch from another worker
 waits one create timeout (at most 60 s) before it looks for (or creates) the remote batch, so
 a create the other worker had in flight has landed and is found instead of doubled.
+
+No look-back depends on a clock we do not share with the API: recovery stops at the input
+file's ``created_at`` on the remote's own clock. A create cut off after it was sent (timeout,
+reset) is looked for until one create timeout has passed before it is sent again, without
+holding up other batches; after such a create, any second remote batch carrying the same
+``engine_batch`` tag is cancelled at once with a WARNING naming both ids.
 """
 
 from __future__ import annotations
