@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import calendar
+import json
+import logging
 import os
 import time
 from collections.abc import Iterator
@@ -10,6 +12,7 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
+from engine.logs import JsonFormatter
 from engine.store.dialects import MysqlDialect, PostgresDialect, SqliteDialect
 from engine.store.store import _to_datetime
 
@@ -52,3 +55,11 @@ def test_server_sessions_are_put_in_utc() -> None:
     assert PostgresDialect().zone_sql() == ["SET TIME ZONE 'UTC'"]
     assert MysqlDialect().zone_sql() == ["SET time_zone = '+00:00'"]
     assert SqliteDialect().zone_sql() == []  # its clock is UTC in every connection
+
+
+def test_json_log_time_is_utc(process_zone: str) -> None:
+    record = logging.LogRecord("engine", logging.INFO, __file__, 1, "hello", None, None)
+    record.created = calendar.timegm((2026, 3, 8, 10, 30, 0)) + 0.25
+    record.msecs = 250.0
+    line = json.loads(JsonFormatter().format(record))
+    assert line["ts"] == "2026-03-08T10:30:00.250Z"
