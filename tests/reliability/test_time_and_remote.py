@@ -229,3 +229,27 @@ async def test_result_file_forgotten_after_finish(sqlite_db: DbTarget, tmp_path:
     assert gone, "no batch abandoned"
     assert all(" is gone: the API answered 404 " in str(err) for (err,) in gone), gone
     assert any("a result file of remote batch" in str(err) for (err,) in gone), gone
+
+
+async def test_lease_held_east_is_adopted_west(server_db: DbTarget, tmp_path: Path) -> None:
+    # Worker A's session is in Tokyo, B's in Los Angeles (17 h apart): B adopts A's batches
+    # once A's 1.5 s lease has run out, not 17 hours later, and never while A holds them.
+    east, east_env = zoned(server_db, "America/Los_Angeles")
+    west, west_env = zoned(server_db, "Asia/Tokyo")
+    async with Emulator(EmulatorConfig(seed=36, latency_s=0.5)) as emu:
+        try:
+            await harness.prepare(east, harness.texts(ROWS))
+            settings = harness.fast(tmp_path / "spool", batch_size=10, max_in_flight=3)
+            crashed = await harness.run_worker(
+                harness.spec_for(east, emu, worker_id="wA", settings=settings),
+                crash_at="mid_poll", env=east_env,
+            )
+            assert crashed.killed, crashed.stderr[-2000:]
+            spec = harness.spec_for(west, emu, worker_id="wB", settings=settings)
+            restarts = await harness.run_until_resolved(west, spec, ROWS, env=west_env,
+                                                        max_rounds=4)
+            figures = harness.measure(west, emu, restarts)
+            assert figures.problems() == [], figures
+            assert set(remote_per_local(emu).values()) == {1}
+        finally:
+            harness.cleanup(server_db)
