@@ -141,6 +141,9 @@ async def test_api_forgets_mid_run(db: DbTarget, tmp_path: Path) -> None:
             status = await cli("status", "--job", str(job), "--json", env=env)
             assert status.code == 0, status
             assert "is gone" in status.stdout, status.stdout
+            check = await cli("check", "--job", str(job), str(gone[0][0]), env=env)
+            assert check.code == 0, check
+            assert "is gone" in check.stdout, check.stdout
             cancel = await cli("cancel", "--job", str(job), str(gone[0][0]), env=env)
             assert cancel.code == 0, cancel
             assert "gone" in cancel.stdout, cancel.stdout
