@@ -31,6 +31,7 @@ import os
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
@@ -51,7 +52,7 @@ from engine.retry import retry_api
 from engine.settings import ApiSettings
 from engine.spool import disk_full_as_error, open_private
 
-__all__ = ["BatchApi"]
+__all__ = ["BatchApi", "CreateUnsettledError"]
 
 log = logging.getLogger("engine.batch_api")
 # A create carries a few hundred bytes and returns at once (validation runs later), so it gets
@@ -66,6 +67,16 @@ _METADATA_PAIRS = 16
 _METADATA_KEY_CHARS = 64
 _METADATA_VALUE_CHARS = 512
 _LOOKUP_PAGES = 2
+# How often a create whose request may still be on its way is looked for (seconds, at most).
+_LANDING_POLL_S = 2.0
+
+
+class CreateUnsettledError(BatchApiError):
+    """A create was cut off after it was sent and has not shown up yet: it may still land.
+
+    Raised instead of creating again when the caller keeps looking for it on its own
+    (``create_batch(..., wait_for_landing=False)``); never retried here.
+    """
 
 
 def _retry_after_s(headers: httpx2.Headers | None) -> float | None:
@@ -89,6 +100,8 @@ def _retry_after_s(headers: httpx2.Headers | None) -> float | None:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError):
         return None
+    if when.tzinfo is None:  # "-0000": UTC with no zone said; never the local zone
+        when = when.replace(tzinfo=UTC)
     return max(when.timestamp() - time.time(), 0.0)
 
 
@@ -107,6 +120,9 @@ class BatchApi:
         self._attempts = max(settings.max_retries, 1)
         self._retry_initial_s = retry_initial_s
         self._retry_max_s = retry_max_s
+        # engine_batch tag -> time.monotonic() of the last create of it whose request may still
+        # be on its way (timed out or cut off): a second remote batch may yet appear with it.
+        self._uncertain: dict[str, float] = {}
         self._client: openai.AsyncOpenAI
         if settings.provider == "azure":
             if not settings.base_url:
@@ -275,12 +291,16 @@ class BatchApi:
         metadata: dict[str, str],
         *,
         deadline: float | None = None,
+        wait_for_landing: bool = True,
     ) -> Batch:
         """Create a batch (completion window 24h), never twice for one engine_batch.
 
         ``deadline`` (time.monotonic()) is when the caller's lease on the batch runs out: no
         attempt starts after it (LeaseExpiredError), so a worker that adopts the batch later
-        knows how long a create of ours can still land.
+        knows how long a create of ours can still land. After a create cut off once sent, the
+        next attempt looks for it during one create timeout before creating again; with
+        ``wait_for_landing`` False it looks once and raises CreateUnsettledError instead, for
+        a caller that goes on looking without blocking.
         """
         if len(metadata) > _METADATA_PAIRS or any(
             len(k) > _METADATA_KEY_CHARS or len(v) > _METADATA_VALUE_CHARS
@@ -288,14 +308,25 @@ class BatchApi:
         ):
             raise ConfigError("metadata: at most 16 pairs, keys <= 64 chars, values <= 512 chars")
         ambiguous = False
+        tag = metadata.get("engine_batch")
+        in_flight_at: float | None = None  # when a request that may still land was cut off
 
         async def create() -> Batch:
-            nonlocal ambiguous
-            if ambiguous and "engine_batch" in metadata:
-                found = await self._find_created(input_file_id, metadata["engine_batch"])
+            nonlocal ambiguous, in_flight_at
+            if ambiguous and tag is not None:
+                # A request cut off on our side may still be on its way: look for it until it
+                # would have landed, and only then create again.
+                until = 0.0 if in_flight_at is None else in_flight_at + self.create_timeout_s
+                found = await self._await_landing(
+                    input_file_id, tag, until if wait_for_landing else 0.0
+                )
                 if found is not None:
                     log.info("create_batch: reusing %s created by a lost attempt", found.id)
                     return found
+                if in_flight_at is not None and not wait_for_landing:
+                    raise CreateUnsettledError(
+                        f"create_batch {tag}: cut off after it was sent; it may still land"
+                    )
             if deadline is not None and time.monotonic() >= deadline:
                 raise LeaseExpiredError(f"batch {metadata.get('engine_batch', '?')}: lease ran out")
             try:
@@ -309,13 +340,50 @@ class BatchApi:
             except openai.APIStatusError as exc:
                 ambiguous = ambiguous or exc.status_code >= 500
                 raise
-            except openai.APIConnectionError:
+            except openai.APIConnectionError as exc:
                 ambiguous = True
+                if not isinstance(exc.__cause__, httpx2.ConnectError | httpx2.ConnectTimeout):
+                    # Sent, then timed out or cut off: it may land later than our answer.
+                    in_flight_at = time.monotonic()
+                    if tag is not None:
+                        self._uncertain[tag] = in_flight_at
                 raise
 
         batch = await self._call("create_batch", create)
         log.info("created batch %s from %s", batch.id, input_file_id, extra={"batch_id": batch.id})
         return batch
+
+    def may_land(self, engine_batch: str) -> bool:
+        """Whether a create of this tag was cut off after it was sent (it may land later)."""
+        return engine_batch in self._uncertain
+
+    def uncertain_create(self, engine_batch: str) -> float | None:
+        """Forget and return when a create of this tag was last cut off (time.monotonic())."""
+        return self._uncertain.pop(engine_batch, None)
+
+    async def _await_landing(
+        self, input_file_id: str, engine_batch: str, until: float
+    ) -> Batch | None:
+        """Look for a batch of an earlier attempt until ``until`` (time.monotonic())."""
+        pause = min(_LANDING_POLL_S, max(self.create_timeout_s / 10, 0.05))
+        while True:
+            found = await self._find_created(input_file_id, engine_batch)
+            left = until - time.monotonic()
+            if found is not None or left <= 0:
+                return found
+            await asyncio.sleep(min(pause, left))
+
+    async def file_created_at(self, file_id: str) -> int | None:
+        """Return the remote's own creation time of a file (epoch s), or None when it is gone."""
+        try:
+            stored = await self._call(
+                "retrieve_file", lambda: self._client.files.retrieve(file_id)
+            )
+        except BatchApiError as exc:
+            if getattr(exc, "status_code", None) == 404:
+                return None
+            raise
+        return int(stored.created_at)
 
     async def _find_created(self, input_file_id: str, engine_batch: str) -> Batch | None:
         """Look for a batch an earlier attempt may have created (one raw pass, no retries)."""

@@ -13,6 +13,7 @@ import os
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -440,7 +441,14 @@ async def _cmd_cancel(args: argparse.Namespace) -> int:
     """Cancel one batch."""
 
     async def body(engine: Any) -> int:
-        record = await engine.cancel_batch(args.batch_id)
+        from engine.errors import RemoteGoneError
+
+        try:
+            record = await engine.cancel_batch(args.batch_id)
+        except RemoteGoneError as exc:
+            # Nothing runs remotely, so nothing is billed: what cancel wants already holds.
+            print(f"gone: {_mask(str(exc))}")
+            return EXIT_OK
         print(_fmt_batch(record))
         return EXIT_OK
 
@@ -607,10 +615,19 @@ def _print_status(job: Any, snap: Any, batches: list[Any]) -> None:
             b.id, b.remote_batch_id or "-", b.state, b.remote_status or "-",
             f"{b.request_completed}/{b.request_total}", str(b.request_failed),
             f"{b.input_tokens:,}/{b.output_tokens:,}", f"${b.cost_usd:.4f}",
-            b.created_at.strftime("%Y-%m-%d %H:%M:%S") if b.created_at else "-",
+            _utc_text(b.created_at),
             _mask((b.error or "")[:60]),
         )
     console.print(recent)
+
+
+def _utc_text(when: datetime | None) -> str:
+    """Show a stored time in UTC and say so (never in the viewer's local zone)."""
+    if when is None:
+        return "-"
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return when.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def _print_batch_detail(record: Any, job: Any) -> None:
@@ -637,8 +654,8 @@ def _print_batch_detail(record: Any, job: Any) -> None:
                    f"{record.output_tokens:,} (reasoning {record.reasoning_tokens:,})"),
         ("cost (batch prices)", f"${record.cost_usd:.6f}"),
         ("cost without the batch discount", f"${standard:.6f}"),
-        ("created", record.created_at or "-"), ("updated", record.updated_at or "-"),
-        ("lease expires", record.lease_expires_at or "-"),
+        ("created", _utc_text(record.created_at)), ("updated", _utc_text(record.updated_at)),
+        ("lease expires", _utc_text(record.lease_expires_at)),
     ]
     if record.error:
         fields.append(("error", _mask(record.error[:2000])))

@@ -30,10 +30,22 @@ from pathlib import Path
 from types import TracebackType
 
 from engine.batch_api import BatchApi
-from engine.errors import ConfigError, EngineError, LifecycleError
+from engine.errors import (
+    BatchApiError,
+    ConfigError,
+    EngineError,
+    LifecycleError,
+    RemoteGoneError,
+)
 from engine.heartbeat import Heartbeat
 from engine.job import JobSpec
-from engine.pipeline import ADOPT_STATES, EngineEvent, InFlightSlots, PipelineContext
+from engine.pipeline import (
+    ADOPT_STATES,
+    EngineEvent,
+    InFlightSlots,
+    PipelineContext,
+    is_not_found,
+)
 from engine.poller import Poller
 from engine.pricing import cost as price_cost
 from engine.producer import CLAIM_CHUNK, Producer
@@ -600,9 +612,24 @@ class Engine:
     async def cancel_batch(self, ref: str) -> BatchRecord:
         """Ask the API to cancel a live batch; its partial results are applied when it ends."""
         record = await self.find_batch(ref)
+        if record.state == "abandoned" and is_gone(record):
+            raise RemoteGoneError(f"batch {record.id}: nothing to cancel, {record.error}")
         if not record.remote_batch_id:
             raise EngineError(f"batch {ref}: not submitted yet (state {record.state})")
-        batch = await self.api.cancel_batch(record.remote_batch_id)
+        try:
+            batch = await self.api.cancel_batch(record.remote_batch_id)
+        except BatchApiError as exc:
+            if not is_not_found(exc):
+                raise
+            note = f"remote batch {record.remote_batch_id} not found when cancelling: {exc}"
+            await self.store.update_batch(record.id, error=note[:2000])
+            raise RemoteGoneError(
+                f"batch {record.id}: remote batch {record.remote_batch_id} is gone (the API "
+                "answers 404: restarted, deleted, or another project's key); nothing to cancel. "
+                f"A run abandons it after {self.settings.remote_gone_polls} such answers over "
+                f"{self.settings.remote_gone_s:g}s and sends its rows back without using an "
+                "attempt"
+            ) from None
         await self.store.update_batch(record.id, remote_status=batch.status)
         log.info("batch %s (%s): cancel requested", record.id, record.remote_batch_id)
         return await self.find_batch(record.id)
@@ -839,6 +866,11 @@ class Engine:
             lines.append(ctx.renderer.render(item, attempt).line)
         await asyncio.to_thread(_write_lines, path, lines)
         log.info("batch %s: spool rebuilt from the database (%d lines)", record.id, len(lines))
+
+
+def is_gone(record: BatchRecord) -> bool:
+    """Whether a batch was abandoned because the remote side forgot it or its files."""
+    return " is gone: the API answered " in (record.error or "")
 
 
 def _causes(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:

@@ -29,6 +29,7 @@ __all__ = [
     "IdentifierError",
     "LeaseExpiredError",
     "LifecycleError",
+    "RemoteGoneError",
     "ResultError",
     "SpoolFullError",
     "StaleClaimError",
@@ -100,3 +101,7 @@ class ResultError(EngineError):
 
 class SpoolFullError(EngineError):
     """The spool directory's disk (or quota) is full; the message says what to do."""
+
+
+class RemoteGoneError(EngineError):
+    """The remote side no longer knows a batch (404, or abandoned for it): nothing to do there."""

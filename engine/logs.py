@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 from collections.abc import Iterable
 from typing import Any, TextIO
 
@@ -75,6 +76,11 @@ class RedactingFilter(logging.Filter):
 class JsonFormatter(logging.Formatter):
     """One JSON object per line, with the batch ids when a record carries them."""
 
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: N802
+        """Render the record's time as ISO 8601 UTC (whatever the process's zone) with a Z."""
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+        return f"{stamp}.{int(record.msecs):03d}Z"
+
     def format(self, record: logging.LogRecord) -> str:
         """Render one record."""
         data: dict[str, Any] = {
@@ -116,9 +122,9 @@ def setup_logging(
     if log_format == "json":
         handler.setFormatter(JsonFormatter())
     elif not _is_rich(handler):
-        handler.setFormatter(
-            logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
-        )
+        text = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%SZ")
+        text.converter = time.gmtime  # UTC, marked Z: lines from any zone compare as they are
+        handler.setFormatter(text)
     redactor = RedactingFilter(secrets)
     handler.addFilter(redactor)
     root = logging.getLogger()

@@ -17,7 +17,7 @@ from engine.requests import RequestRenderer
 from engine.results import ResultParser
 from engine.settings import EngineSettings
 from engine.spool import batch_files, spool_file_batch, try_lock
-from engine.store import BatchRecord, Holding, Store
+from engine.store import BatchRecord, Holding, RequeueRow, Store
 
 __all__ = [
     "ADOPT_STATES",
@@ -26,7 +26,10 @@ __all__ = [
     "EventKind",
     "InFlightSlots",
     "PipelineContext",
+    "RemoteGone",
+    "abandon_batch",
     "get_or_stop",
+    "is_not_found",
     "sleep_or_stop",
 ]
 
@@ -261,3 +264,58 @@ async def sleep_or_stop(seconds: float, stopping: asyncio.Event) -> bool:
     except TimeoutError:
         return False
     return True
+
+
+def is_not_found(exc: BaseException) -> bool:
+    """Whether an API error is the remote side saying it does not know the object (404)."""
+    return getattr(exc, "status_code", None) == 404
+
+
+class RemoteGone:
+    """Counts each batch's 404s in a row; says when the remote side has forgotten it.
+
+    Gone means ``remote_gone_polls`` answers of 404 in a row spread over at least
+    ``remote_gone_s`` (time.monotonic()), so one stray 404 never abandons a live batch.
+    """
+
+    def __init__(self, settings: EngineSettings) -> None:
+        self._polls = settings.remote_gone_polls
+        self._gone_s = settings.remote_gone_s
+        self._seen: dict[str, tuple[int, float]] = {}  # batch id -> (404s in a row, first)
+
+    def not_found(self, batch_id: str) -> str | None:
+        """Count one 404; return how long it lasted (for the reason) once it is gone."""
+        count, first = self._seen.get(batch_id, (0, time.monotonic()))
+        count += 1
+        self._seen[batch_id] = (count, first)
+        lasted = time.monotonic() - first
+        if count >= self._polls and lasted >= self._gone_s:
+            self._seen.pop(batch_id, None)
+            return f"404 {count} times over {lasted:.1f}s"
+        return None
+
+    def found(self, batch_id: str) -> None:
+        """Forget the 404s of a batch that answered."""
+        self._seen.pop(batch_id, None)
+
+
+async def abandon_batch(
+    ctx: PipelineContext, record: BatchRecord, reason: str, *, burn_attempt: bool
+) -> None:
+    """Give a batch's rows back with the reason, record it abandoned, and free its slot.
+
+    ``burn_attempt`` False when the rows are not at fault (the remote side forgot the batch):
+    they go back to pending with their attempts unused.
+    """
+    items = await ctx.store.batch_items(record.id)
+    rows = [RequeueRow(key, token, reason, burn_attempt=burn_attempt)
+            for key, token, _cid, _att in items]
+    outcome = await ctx.store.requeue(ctx.job, rows, ctx.settings.max_attempts)
+    await ctx.record_batch(record, state="abandoned", error=reason[:2000])
+    log.error("batch %s abandoned: %s", record.id, reason, extra={"batch_id": record.id})
+    ctx.count("rows_requeued", outcome.requeued)
+    ctx.count("rows_dead", outcome.dead)
+    ctx.emit(EngineEvent(kind="error", job=ctx.job.name, batch_id=record.id, message=reason))
+    ctx.remove_spool(record.id)
+    ctx.work_changed.set()
+    await ctx.done_with(record.id)

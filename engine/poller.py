@@ -17,7 +17,14 @@ import orjson
 
 from engine.errors import AuthenticationError, BatchApiError
 from engine.faults import crash_point
-from engine.pipeline import PipelineContext, get_or_stop, sleep_or_stop
+from engine.pipeline import (
+    PipelineContext,
+    RemoteGone,
+    abandon_batch,
+    get_or_stop,
+    is_not_found,
+    sleep_or_stop,
+)
 from engine.store import BatchRecord
 from engine.submitter import TokenBudget
 
@@ -56,6 +63,7 @@ class Poller:
         self._inbox: asyncio.Queue[BatchRecord] = asyncio.Queue()
         self._tracked: dict[str, _Tracked] = {}
         self._retry_later: dict[str, tuple[float, BatchRecord]] = {}
+        self._gone = RemoteGone(ctx.settings)
 
     @property
     def live(self) -> int:
@@ -149,9 +157,12 @@ class Poller:
         except AuthenticationError:
             raise
         except BatchApiError as exc:
+            if is_not_found(exc) and await self._not_found(tracked, exc):
+                return
             log.warning("batch %s: poll failed: %s", record.id, exc, extra={"batch_id": record.id})
             tracked.next_poll = time.monotonic() + self._backoff(tracked)
             return
+        self._gone.found(record.id)
         counts = batch.request_counts
         fields: dict[str, Any] = {"remote_status": batch.status}
         if counts is not None:
@@ -203,6 +214,31 @@ class Poller:
             fields["error"] = orjson.dumps(errors[:50]).decode()[:4000]
         record = await ctx.record_batch(record, **fields)
         await self._finished(record)
+
+    async def _not_found(self, tracked: _Tracked, exc: BatchApiError) -> bool:
+        """Count a 404; abandon the batch once it has lasted (True), rows keep their attempts.
+
+        The first 404 is written to the batch's error so ``status`` and ``check`` show it.
+        """
+        ctx = self._ctx
+        record = tracked.record
+        lasted = self._gone.not_found(record.id)
+        if lasted is None:
+            if not (record.error or "").startswith("remote batch"):
+                tracked.record = await ctx.record_batch(
+                    record, error=f"remote batch {record.remote_batch_id} not found: {exc}"[:2000]
+                )
+            return False
+        if self._tracked.pop(record.id, None) is None:
+            return True  # the lease was lost while we polled: the new owner decides
+        await self._budget.release(record.model, record.estimated_tokens)
+        reason = (
+            f"remote batch {record.remote_batch_id} is gone: the API answered {lasted} "
+            "(it no longer knows the batch: restarted, deleted, or another project's key); "
+            "its rows were sent back without using an attempt"
+        )
+        await abandon_batch(ctx, record, reason, burn_attempt=False)
+        return True
 
     def _backoff(self, tracked: _Tracked) -> float:
         """Double the interval up to check_interval_s and return it."""

@@ -104,6 +104,10 @@ class EngineSettings:
     # and its claims and batches are adopted then, not when their (longer) leases end.
     heartbeat_interval_s: float = 5.0
     worker_dead_after_s: float = 30.0
+    # A remote batch or file answering 404 this many times in a row over at least this long is
+    # gone (the API forgot it): its batch is abandoned and its rows go back without an attempt.
+    remote_gone_polls: int = 3
+    remote_gone_s: float = 60.0
 
     def __post_init__(self) -> None:
         """Reject settings that cannot work, naming the one at fault."""
@@ -128,3 +132,7 @@ class EngineSettings:
                 f"worker_dead_after_s: must be >= 2 x heartbeat_interval_s "
                 f"({2 * self.heartbeat_interval_s:g}), got {self.worker_dead_after_s}"
             )
+        if self.remote_gone_polls < 1:
+            raise ConfigError(f"remote_gone_polls: must be >= 1, got {self.remote_gone_polls}")
+        if self.remote_gone_s < 0:
+            raise ConfigError(f"remote_gone_s: must be >= 0, got {self.remote_gone_s}")

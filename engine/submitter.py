@@ -10,6 +10,12 @@ Leases keep two workers from creating the same batch. The lease is renewed right
 while the lease is still ours. A worker that adopts an uploaded batch from another worker
 waits one create timeout (at most 60 s) before it looks for (or creates) the remote batch, so
 a create the other worker had in flight has landed and is found instead of doubled.
+
+No look-back depends on a clock we do not share with the API: recovery stops at the input
+file's ``created_at`` on the remote's own clock. A create cut off after it was sent (timeout,
+reset) is looked for until one create timeout has passed before it is sent again, without
+holding up other batches; after such a create, any second remote batch carrying the same
+``engine_batch`` tag is cancelled at once with a WARNING naming both ids.
 """
 
 from __future__ import annotations
@@ -18,7 +24,9 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
+from engine.batch_api import CreateUnsettledError
 from engine.errors import (
     AuthenticationError,
     BatchApiError,
@@ -27,16 +35,34 @@ from engine.errors import (
     TransientApiError,
 )
 from engine.faults import crash_point
-from engine.pipeline import EngineEvent, PipelineContext, get_or_stop, sleep_or_stop
-from engine.store import BatchRecord, RequeueRow
+from engine.pipeline import (
+    EngineEvent,
+    PipelineContext,
+    abandon_batch,
+    get_or_stop,
+    is_not_found,
+    sleep_or_stop,
+)
+from engine.store import BatchRecord
+
+if TYPE_CHECKING:
+    from openai.types import Batch
 
 __all__ = ["Submitter", "TokenBudget"]
 
 log = logging.getLogger("engine.submitter")
 
-# How far back recovery looks among remote batches for one created but never recorded.
-RECOVERY_LOOKBACK_S = 6 * 3600
+# How many pages of remote batches recovery looks through for one created but never recorded.
 RECOVERY_MAX_PAGES = 20
+# Recovery's look-back ends this far before the input file's creation, both read on the
+# remote's own clock (a batch cannot exist before its file); the margin covers its servers.
+REMOTE_CLOCK_MARGIN_S = 300
+# After a create whose request may still be on its way, extra remote batches carrying the same
+# tag are looked for (and cancelled) for this many create timeouts.
+TWIN_WATCH_TIMEOUTS = 10
+# Uploads of a draft's input again after the API forgot the file, before it is given up.
+INPUT_REUPLOADS = 3
+_TWIN_LIVE = frozenset({"validating", "in_progress", "finalizing"})
 # Added to the create timeout before an adopted batch may be looked for or created.
 ADOPT_SETTLE_MARGIN_S = 5.0
 
@@ -93,10 +119,27 @@ class Submitter:
         self.not_before: dict[str, float] = {}
         # Operator feature (engine.engine.CostCeiling): False refuses a batch before create.
         self.admit: Callable[[BatchRecord], Awaitable[bool]] | None = None
+        # Local id -> time.monotonic() until which a create of it that failed may still land.
+        self.landing_until: dict[str, float] = {}
+        self._watchers: set[asyncio.Task[None]] = set()
+        self._reuploads: dict[str, int] = {}  # local id -> uploads after its file was gone
+        # True inside run(): a batch waiting for a create to land goes back to the inbox
+        # (call_later) so the others go on; single steps (submit_one) wait in place.
+        self._looping = False
 
     async def run(self) -> None:
+        """Submit whatever arrives until the engine stops; then stop watching for twins."""
+        try:
+            await self._run()
+        finally:
+            for task in list(self._watchers):
+                task.cancel()
+            await asyncio.gather(*self._watchers, return_exceptions=True)
+
+    async def _run(self) -> None:
         """Submit whatever arrives until the engine stops."""
         ctx = self._ctx
+        self._looping = True
         while not ctx.stopping.is_set():
             record = await get_or_stop(self._inbox, ctx.stopping)
             if record is None:
@@ -145,7 +188,21 @@ class Submitter:
                 delay = min(delay * 2, max(ctx.settings.check_interval_s, delay))
                 refreshed = await ctx.store.get_batch(record.id)
                 record = refreshed or record
+            except CreateUnsettledError as exc:
+                # Looked for and not there yet: look again shortly, the others go on meanwhile.
+                log.info("batch %s: %s; looking again", record.id, exc,
+                         extra={"batch_id": record.id})
+                asyncio.get_running_loop().call_later(
+                    self._landing_pause(), self._inbox.put_nowait, record
+                )
+                return
             except BatchApiError as exc:
+                if is_not_found(exc) and record.state == "uploaded":
+                    gone = await self._input_gone(record, exc)
+                    if gone is not None:
+                        record = gone
+                        continue
+                    return
                 await self._abandon(record, f"submission refused: {exc}")
                 return
 
@@ -180,6 +237,7 @@ class Submitter:
                     await self._let_go(record)
                     return
                 log.info("batch %s: re-attached to remote %s", record.id, found[0])
+                self._watch_twins(record, found[0])
                 await self._track(record)
                 return
         # -- cost ceiling (operator): a refused batch is given back by admit() itself --------
@@ -193,11 +251,15 @@ class Submitter:
                 record.endpoint,
                 {"engine_batch": record.id, "engine_job": ctx.job.name},
                 deadline=deadline,
+                wait_for_landing=not self._looping,
             )
         except BaseException:
             await self._budget.release(record.model, record.estimated_tokens)
-            # The create may have reached the API before the failure: check before retrying.
+            # The create may have reached the API before the failure: check before retrying,
+            # and keep checking until a request still on its way would have landed.
             self.suspect.add(record.id)
+            if ctx.api.may_land(record.id):
+                self.landing_until[record.id] = time.monotonic() + ctx.api.create_timeout_s
             raise
         crash_point("after_create")
         try:
@@ -215,7 +277,29 @@ class Submitter:
             await self._let_go(record)
             return
         ctx.batches_submitted += 1
+        self._watch_twins(record, batch.id)
         await self._track(record)
+
+    async def _input_gone(self, record: BatchRecord, exc: BatchApiError) -> BatchRecord | None:
+        """Upload again a draft whose input file the API forgot; give up after a few tries.
+
+        The rows are not at fault: a batch given up on goes back without using an attempt.
+        """
+        ctx = self._ctx
+        tries = self._reuploads.get(record.id, 0) + 1
+        self._reuploads[record.id] = tries
+        if tries > INPUT_REUPLOADS:
+            self._reuploads.pop(record.id, None)
+            reason = (
+                f"input file {record.input_file_id} is gone: the API answered 404 after "
+                f"{INPUT_REUPLOADS} uploads ({exc}); its rows were sent back without using an "
+                "attempt"
+            )
+            await abandon_batch(ctx, record, reason, burn_attempt=False)
+            return None
+        log.warning("batch %s: input file %s not found (%s); uploading it again", record.id,
+                    record.input_file_id, exc, extra={"batch_id": record.id})
+        return await ctx.record_batch(record, state="draft", input_file_id=None)
 
     async def _still_ours(self, record: BatchRecord) -> float | None:
         """Renew this batch's lease right before create; return when it runs out, or None.
@@ -243,29 +327,104 @@ class Submitter:
         await self._ctx.done_with(record.id)
 
     async def _find_remote(self, record: BatchRecord) -> tuple[str, str] | None:
-        """Return (remote id, status) of a live or finished remote batch made for this record."""
-        since = (record.created_at.timestamp() if record.created_at else time.time())
-        since -= RECOVERY_LOOKBACK_S
-        async for batch in self._ctx.api.iter_recent_batches(RECOVERY_MAX_PAGES):
-            if batch.created_at < since:
+        """Return (remote id, status) of a live or finished remote batch made for this record.
+
+        After a create whose outcome is unknown, keeps looking until a request still on its
+        way would have landed. When several carry the tag, the oldest is kept and the others
+        are cancelled.
+        """
+        ctx = self._ctx
+        until = self.landing_until.get(record.id, 0.0)
+        while True:
+            found = await self._tagged(record)
+            if found or time.monotonic() >= until:
+                break
+            if self._looping:
+                raise CreateUnsettledError(f"batch {record.id}: a create may still land")
+            pause = min(self._landing_pause(), until - time.monotonic())
+            if await sleep_or_stop(pause, ctx.stopping):
+                break
+        self.landing_until.pop(record.id, None)
+        if not found:
+            return None
+        # The oldest (listed last) that was not cancelled: a cancelled one is a twin we stopped.
+        kept = [b for b in found if b.status not in ("cancelling", "cancelled")] or found
+        keep = kept[-1]
+        for twin in found:
+            if twin.id != keep.id and twin.status in _TWIN_LIVE:
+                await self._cancel_twin(record, twin.id, keep.id)
+        return keep.id, keep.status
+
+    async def _tagged(self, record: BatchRecord) -> list[Batch]:
+        """Remote batches carrying this record's tag, newest first, failed ones left out.
+
+        The look-back is bounded by the input file's creation time on the remote's own clock
+        (no batch can be older than its file), never by the local clock; when the file is
+        gone, by the page limit alone.
+        """
+        api = self._ctx.api
+        since: int | None = None
+        if record.input_file_id:
+            created = await api.file_created_at(record.input_file_id)
+            since = None if created is None else created - REMOTE_CLOCK_MARGIN_S
+        found: list[Batch] = []
+        async for batch in api.iter_recent_batches(RECOVERY_MAX_PAGES):
+            if since is not None and batch.created_at < since:
                 break
             meta = batch.metadata or {}
             # A failed batch processed nothing (validation, token limit): create a new one.
             if meta.get("engine_batch") == record.id and batch.status != "failed":
-                return batch.id, batch.status
-        return None
+                found.append(batch)
+        return found
+
+    def _landing_pause(self) -> float:
+        """How long to wait between looks for a create that may still land."""
+        return min(2.0, max(self._ctx.api.create_timeout_s / 10, 0.05))
+
+    def _watch_twins(self, record: BatchRecord, keep_id: str) -> None:
+        """After an uncertain create, cancel any later remote batch carrying the same tag."""
+        api = self._ctx.api
+        if api.uncertain_create(record.id) is None and record.id not in self.landing_until:
+            return
+        self.landing_until.pop(record.id, None)
+        until = time.monotonic() + TWIN_WATCH_TIMEOUTS * api.create_timeout_s
+        task = asyncio.create_task(
+            self._sweep_twins(record, keep_id, until),
+            name=f"engine.submitter.twins[{record.id}]",
+        )
+        self._watchers.add(task)
+        task.add_done_callback(self._watchers.discard)
+
+    async def _sweep_twins(self, record: BatchRecord, keep_id: str, until: float) -> None:
+        """Look for twins of ``keep_id`` until ``until`` (time.monotonic()) or the stop."""
+        ctx = self._ctx
+        pause = self._landing_pause()
+        while time.monotonic() < until:
+            try:
+                for twin in await self._tagged(record):
+                    if twin.id != keep_id and twin.status in _TWIN_LIVE:
+                        await self._cancel_twin(record, twin.id, keep_id)
+            except AuthenticationError:
+                return
+            except BatchApiError as exc:
+                log.info("batch %s: could not look for twins: %s", record.id, exc)
+            if await sleep_or_stop(pause, ctx.stopping):
+                return
+
+    async def _cancel_twin(self, record: BatchRecord, twin_id: str, keep_id: str) -> None:
+        """Cancel a second remote batch of one local batch; its lines are never applied."""
+        try:
+            twin = await self._ctx.api.cancel_batch(twin_id)
+            status: str = twin.status
+        except BatchApiError as exc:
+            status = f"cancel failed: {exc}"
+        log.warning(
+            "batch %s: remote %s carries the same tag as %s (a create that landed late); "
+            "cancelled it (%s), its lines are never applied", record.id, twin_id, keep_id,
+            status, extra={"batch_id": record.id, "remote_batch_id": twin_id},
+        )
 
     async def _abandon(self, record: BatchRecord, reason: str) -> None:
         """Give a batch's rows back with the reason (an attempt each) and free its slot."""
-        ctx = self._ctx
-        items = await ctx.store.batch_items(record.id)
-        rows = [RequeueRow(key, token, reason) for key, token, _cid, _att in items]
-        outcome = await ctx.store.requeue(ctx.job, rows, ctx.settings.max_attempts)
-        await ctx.record_batch(record, state="abandoned", error=reason[:2000])
-        log.error("batch %s abandoned: %s", record.id, reason, extra={"batch_id": record.id})
-        ctx.count("rows_requeued", outcome.requeued)
-        ctx.count("rows_dead", outcome.dead)
-        ctx.emit(EngineEvent(kind="error", job=ctx.job.name, batch_id=record.id, message=reason))
-        ctx.remove_spool(record.id)
-        await ctx.done_with(record.id)
+        await abandon_batch(self._ctx, record, reason, burn_attempt=True)
 

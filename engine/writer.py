@@ -24,7 +24,15 @@ from engine.errors import (
     TransientStoreError,
 )
 from engine.faults import crash_point
-from engine.pipeline import EngineEvent, PipelineContext, get_or_stop, sleep_or_stop
+from engine.pipeline import (
+    EngineEvent,
+    PipelineContext,
+    RemoteGone,
+    abandon_batch,
+    get_or_stop,
+    is_not_found,
+    sleep_or_stop,
+)
 from engine.pricing import cost_usd
 from engine.results import Failure, Success, Usage
 from engine.store import ApplyRow, BatchRecord, RequeueRow
@@ -70,6 +78,7 @@ class Writer:
         self._inbox: asyncio.Queue[BatchRecord] = asyncio.Queue()
         self.busy = False
         self._download_tries: dict[str, int] = {}  # batch id -> transient download failures
+        self._gone = RemoteGone(ctx.settings)  # result files that answer 404
         self._running = False  # run() consumes the inbox (single steps apply directly)
 
     @property
@@ -127,8 +136,11 @@ class Writer:
             await self._give_up_download(record, exc)
             return
         except BatchApiError as exc:
+            if is_not_found(exc) and await self._file_not_found(record, exc):
+                return
             await self._give_up_download(record, exc)
             return
+        self._gone.found(record.id)
         self._download_tries.pop(record.id, None)
         leftover = [cid for cid in tokens if cid not in seen]
         if leftover:
@@ -179,6 +191,31 @@ class Writer:
             "batch %s: download failed (%s); trying again in %.2fs", record.id, exc, delay,
             extra={"batch_id": record.id},
         )
+        asyncio.get_running_loop().call_later(delay, self._inbox.put_nowait, record)
+        return True
+
+    async def _file_not_found(self, record: BatchRecord, exc: BatchApiError) -> bool:
+        """Retry a file that answers 404 until it has lasted, then abandon its batch (True).
+
+        Rows not applied yet go back to pending with their attempts unused; rows already
+        applied from the other file stay done. False when this process cannot wait (a single
+        ``check``, or the engine is stopping): the batch stays finished for the next run.
+        """
+        ctx = self._ctx
+        lasted = self._gone.not_found(record.id)
+        if lasted is not None:
+            reason = (
+                f"a result file of remote batch {record.remote_batch_id} is gone: the API "
+                f"answered {lasted} ({exc}); rows without a result were sent back without "
+                "using an attempt"
+            )
+            await abandon_batch(ctx, record, reason, burn_attempt=False)
+            return True
+        if ctx.stopping.is_set() or not self._running:
+            return False
+        delay = max(ctx.settings.min_check_interval_s, ctx.settings.check_interval_s, 0.05)
+        log.warning("batch %s: result file not found (%s); trying again in %.2fs", record.id,
+                    exc, delay, extra={"batch_id": record.id})
         asyncio.get_running_loop().call_later(delay, self._inbox.put_nowait, record)
         return True
 

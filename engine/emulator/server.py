@@ -18,6 +18,7 @@ from aiohttp import BodyPartReader, web
 from engine.emulator.bodies import ENDPOINTS
 from engine.emulator.config import EmulatorConfig, FaultConfig
 from engine.emulator.state import (
+    TERMINAL_STATUSES,
     Batch,
     EmulatorState,
     Record,
@@ -528,6 +529,24 @@ class Emulator:
     def now(self) -> float:
         """Return the emulated Unix time (what ``created_at`` and ``expires_at`` count in)."""
         return self._live_state().clock.now()
+
+    def forget(self) -> list[str]:
+        """Lose every batch and file, as an API restarted without its state would (a fault).
+
+        Every id answers 404 from now on. Live batches stop where they are and their record
+        ends as cancelled: nothing more of them is processed or billed. Returns their ids.
+        """
+        state = self._live_state()
+        for task in list(state._tasks):
+            task.cancel()
+        forgotten = list(state.batches)
+        for batch in state.batches.values():
+            if batch.status not in TERMINAL_STATUSES:
+                state._history(batch, "cancelled")
+        state.batches.clear()
+        state.files.clear()
+        log.warning("emulator forgot %d batches and every file", len(forgotten))
+        return forgotten
 
     def duplicate_live_custom_ids(self) -> set[str]:
         """custom_ids that were in two batches whose live intervals overlapped."""

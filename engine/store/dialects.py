@@ -147,6 +147,15 @@ class Dialect:
         """Return the DSN with attributes this dialect needs added."""
         return dsn
 
+    def zone_sql(self) -> list[str]:
+        """Statements that put each new session in UTC (none where the clock is always UTC).
+
+        The engine's own tables use ``now``, UTC in any session zone; this makes the source
+        table's ``CURRENT_TIMESTAMP`` (the processed column) UTC too, whatever zone the
+        server, the role or the client environment (PGTZ, an init statement) chose.
+        """
+        return []
+
     # -- errors --------------------------------------------------------------------------------
 
     def is_transient(self, sqlstate: str, code: int | None, message: str) -> bool:
@@ -218,6 +227,10 @@ class PostgresDialect(Dialect):
         """Keys are compared as text."""
         return f"CAST({expr} AS TEXT)"
 
+    def zone_sql(self) -> list[str]:
+        """Put the session in UTC (its zone may come from the server, the role or PGTZ)."""
+        return ["SET TIME ZONE 'UTC'"]
+
     def lock_ddl(self) -> str:
         """Concurrent CREATE TABLE IF NOT EXISTS can still collide in pg_type; serialise it."""
         return "SELECT pg_advisory_xact_lock(727274001)"
@@ -269,6 +282,10 @@ class MysqlDialect(Dialect):
     def as_text(self, expr: str) -> str:
         """Keys are compared as binary-collated text, like items.source_key."""
         return f"CAST({expr} AS CHAR(255) CHARACTER SET utf8mb4) COLLATE utf8mb4_bin"
+
+    def zone_sql(self) -> list[str]:
+        """Put the session's time_zone in UTC (CURRENT_TIMESTAMP and NOW() follow it)."""
+        return ["SET time_zone = '+00:00'"]
 
     def create_index(self, name: str, table: str, columns: str) -> str | None:
         """Return None: MySQL indexes are declared inline."""

@@ -218,6 +218,7 @@ class Pool:
                 raw.timeout = self._timeout_s
         # Always: some statements are not about the timeout (MariaDB's strict mode).
         statements = self.dialect.session_sql(self._timeout_s)
+        statements += self.dialect.zone_sql()
         if statements:
             cursor = raw.cursor()
             try:

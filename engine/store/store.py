@@ -18,7 +18,7 @@ import re
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import fields as dc_fields
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import orjson
@@ -125,10 +125,17 @@ def _marks(n: int) -> str:
 
 
 def _to_datetime(value: Any) -> datetime | None:
-    """Normalise a timestamp read back from any driver (SQLite returns text)."""
-    if value is None or isinstance(value, datetime):
-        return value
-    return datetime.fromisoformat(str(value))
+    """Normalise a timestamp read back from any driver to an aware UTC datetime.
+
+    The engine's tables hold UTC without a zone (every dialect's ``now`` is UTC); drivers hand
+    them back naive (SQLite as text), and Python would take a naive value as local time.
+    """
+    if value is None:
+        return None
+    found = value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
+    if found.tzinfo is None:
+        return found.replace(tzinfo=UTC)
+    return found.astimezone(UTC)
 
 
 # The apply-failure count kept in a batch's error text (see Store.note_apply_failure).

@@ -85,8 +85,12 @@ async def emulator() -> AsyncIterator[Callable[..., Any]]:
             await emu.__aexit__(None, None, None)
 
 
-def api_for(emu: Any, *, key: str = SECRET, attempts: int = 6) -> BatchApi:
-    settings = ApiSettings(api_key=key, base_url=emu.base_url, timeout_s=10, max_retries=attempts)
+def api_for(
+    emu: Any, *, key: str = SECRET, attempts: int = 6, timeout_s: float = 10
+) -> BatchApi:
+    settings = ApiSettings(
+        api_key=key, base_url=emu.base_url, timeout_s=timeout_s, max_retries=attempts
+    )
     return BatchApi(settings, retry_initial_s=0.001, retry_max_s=0.05)
 
 
@@ -146,7 +150,8 @@ async def test_create_after_dropped_connections_makes_one_batch(
     emu = await emulator()
     source = tmp_path / "in.jsonl"
     write_input(source, make_job(), 3)
-    async with api_for(emu, attempts=40) as api:
+    # A cut-off create is looked for during one create timeout before it is sent again.
+    async with api_for(emu, attempts=40, timeout_s=0.5) as api:
         file_id = await api.upload_file(source)
         from engine.emulator import FaultConfig
 

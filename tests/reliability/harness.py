@@ -236,7 +236,8 @@ def unresolved(target: DbTarget, rows: int) -> int:
 
 
 async def run_until_resolved(
-    target: DbTarget, spec: dict[str, Any], rows: int, *, max_rounds: int = 8
+    target: DbTarget, spec: dict[str, Any], rows: int, *, max_rounds: int = 8,
+    env: dict[str, str] | None = None,
 ) -> int:
     """Restart workers until every row is done or dead; return how many runs it took.
 
@@ -245,7 +246,7 @@ async def run_until_resolved(
     """
     lease_s = float(spec["settings"].get("lease_s", 1.5))
     for round_no in range(1, max_rounds + 1):
-        result = await run_worker(spec)
+        result = await run_worker(spec, env=env)
         if result.code != 0:
             raise AssertionError(f"restart {round_no} failed ({result.code}):\n"
                                  f"{result.stderr[-3000:]}")
