@@ -439,7 +439,8 @@ async def throughput(dialect: str, dsn: str, plan: Plan, tmp: Path) -> dict[str,
         return {"engine": rate, "raw": raw, "ratio": rate / raw, "top": top}
     finally:
         if dialect != "sqlite":
-            drop(dialect, dsn, table, f"{prefix}items", f"{prefix}batches", f"{prefix}meta")
+            drop(dialect, dsn, table, f"{prefix}items", f"{prefix}batches", f"{prefix}meta",
+                 f"{prefix}meta_jobs")
 
 
 # -- 2. concurrency ----------------------------------------------------------------------------
