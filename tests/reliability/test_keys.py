@@ -457,3 +457,30 @@ async def test_fixed_width_char_and_uuid_keys(
             assert states == [("done",)], (key_sql, states)
         finally:
             harness.cleanup(db)
+
+
+async def test_schema_upgrade_from_version_1_is_idempotent(db: DbTarget) -> None:
+    """A version 1 database (MariaDB: PAD SPACE keys) is brought to 2 by init_db, twice."""
+    spec = {"dsn": db.dsn, "prefix": db.prefix}
+    try:
+        async with await Store.open(harness.store_settings(spec)) as store:
+            await store.init_db()
+            conn = connect(db.dsn)
+            try:
+                cur = conn.cursor()
+                cur.execute(f"UPDATE {db.prefix}meta SET value = '1' WHERE name = 'schema_version'")
+                if db.dialect == "mysql":
+                    cur.execute(f"ALTER TABLE {db.prefix}items MODIFY source_key VARCHAR(255) "
+                                "CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL")
+            finally:
+                conn.close()
+            await store.init_db()
+            await store.init_db()
+            assert await store.schema_version() == 2
+        if db.dialect == "mysql":
+            found = fetch(db.dsn, "SELECT COLLATION_NAME FROM information_schema.COLUMNS "
+                          "WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = ? "
+                          "AND COLUMN_NAME = 'source_key'", f"{db.prefix}items")
+            assert found == [("utf8mb4_nopad_bin",)]
+    finally:
+        harness.cleanup(db)
