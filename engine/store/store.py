@@ -1759,6 +1759,12 @@ class Store:
             "pending_filter": pending,
         }
 
+    def _same_identity(self, a: dict[str, str], b: dict[str, str]) -> bool:
+        """Whether two recorded identities are one (names compared as the database does)."""
+        return a["pending_filter"] == b["pending_filter"] and all(
+            self._same_name(a[n], b[n]) for n in ("source_table", "key_column", "output_columns")
+        )
+
     def _same_name(self, a: str, b: str) -> bool:
         """Compare identifiers the way the database does (PostgreSQL keeps quoted case)."""
         return a == b if self.dialect.name == "postgresql" else a.lower() == b.lower()
@@ -1803,7 +1809,7 @@ class Store:
             recorded = rows.pop(job.name, None)
             if recorded is None and record:
                 await conn.execute(insert, [job.name, *mine.values()])
-            elif recorded is not None and recorded != mine:
+            elif recorded is not None and not self._same_identity(recorded, mine):
                 if not migrate:
                     problems.append(
                         f"job {job.name!r} was recorded as {describe(recorded)}; this job "
