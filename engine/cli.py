@@ -383,6 +383,10 @@ async def _cmd_run(args: argparse.Namespace) -> int:
             f"applied; rows applied={summary.rows_applied} requeued={summary.rows_requeued} "
             f"dead={summary.rows_dead}; now {_fmt_counts(summary.counts)}"
         )
+        if summary.rows_skipped:
+            print(f"run: {summary.rows_skipped} results not written: their rows were changed "
+                  "by another writer (no longer pending) or no longer have one row per key "
+                  "(their items say which)")
         if summary.cost_ceiling:
             print(f"run: stopped submitting at the cost ceiling: {summary.cost_ceiling}")
         if args.max_cost_usd is not None:

@@ -79,6 +79,7 @@ class RunSummary:
     stopped: bool = False
     cost_usd: float = 0.0  # this run's batches: applied at their cost, the rest estimated
     cost_ceiling: str | None = None  # why submission stopped at max_cost_usd, when it did
+    rows_skipped: int = 0  # results not written: the row was no longer pending, or not one row
 
 
 @dataclass(frozen=True)
@@ -405,6 +406,7 @@ class Engine:
             stopped=self._stopping.is_set(),
             cost_usd=await self._run_cost(ctx, ceiling),
             cost_ceiling=ceiling.tripped if ceiling is not None else None,
+            rows_skipped=ctx.counters.get("rows_skipped", 0),
         )
 
     async def _run_cost(self, ctx: PipelineContext, ceiling: CostCeiling | None) -> float:

@@ -234,6 +234,7 @@ class Writer:
             tally.applied += outcome.applied
             tally.stale += len(outcome.stale)
             tally.skipped += len(outcome.skipped)
+            ctx.count("rows_skipped", len(outcome.skipped))
             ctx.count("rows_applied", outcome.applied)
             if outcome.applied:
                 ctx.emit(EngineEvent(kind="rows_applied", job=ctx.job.name, rows=outcome.applied))

@@ -250,6 +250,7 @@ async def test_another_writer_is_never_overwritten(
         result = await _run(job, emu)
         assert result.code == 0, result.stderr
         assert "not written" in result.stderr, result.stderr[-2000:]
+        assert f"run: {len(taken)} results not written" in result.stdout, result.stdout
         names = {int(str(k)): n for k, n in fetch(db.dsn, f"SELECT id, out_name FROM "
                                                   f"{db.prefix}src")}
         assert [names[k] for k in taken] == ["by hand"] * len(taken)
