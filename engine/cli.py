@@ -161,9 +161,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics-host", default="127.0.0.1",
                    help="address of the metrics endpoint (default 127.0.0.1)")
 
+    _add_migrate_flag(p)
+
     p = sub.add_parser("submit", help="submit one batch, print its id and exit")
     _add_common(p)
     _add_engine_flags(p)
+    _add_migrate_flag(p)
 
     p = sub.add_parser("check", help="show a batch; apply its results if it has finished")
     _add_common(p)
@@ -205,6 +208,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=7, help="synthetic data seed")
     _add_progress_flags(p)
     return parser
+
+
+def _add_migrate_flag(parser: argparse.ArgumentParser) -> None:
+    """--migrate: accept a changed job identity under the same name."""
+    parser.add_argument("--migrate", action="store_true",
+                        help="the job file changed the job's table, key, columns or filter "
+                             "on purpose: record the new identity (refused while rows are "
+                             "in flight)")
+
+
+async def _check_job(engine: Any, args: argparse.Namespace) -> None:
+    """Refuse a key that is not unique or too long, and a job that is not one thing."""
+    problems = await engine.store.key_problems(engine.job)
+    problems += await engine.store.job_problems(
+        engine.job, record=not problems, migrate=getattr(args, "migrate", False)
+    )
+    if problems:
+        raise ConfigError("; ".join(problems))
 
 
 def _add_progress_flags(parser: argparse.ArgumentParser) -> None:
@@ -351,6 +372,7 @@ async def _cmd_run(args: argparse.Namespace) -> int:
     async def body(engine: Any) -> int:
         await engine.store.init_db()
         await engine.store.check_source(engine.job)
+        await _check_job(engine, args)
         if args.dry_run:
             print(_fmt_dry_run(await engine.dry_run()), flush=True)
             return EXIT_OK
@@ -388,6 +410,10 @@ async def _cmd_run(args: argparse.Namespace) -> int:
             f"applied; rows applied={summary.rows_applied} requeued={summary.rows_requeued} "
             f"dead={summary.rows_dead}; now {_fmt_counts(summary.counts)}"
         )
+        if summary.rows_skipped:
+            print(f"run: {summary.rows_skipped} results not written: their rows were changed "
+                  "by another writer (no longer pending) or no longer have one row per key "
+                  "(their items say which)")
         await _print_quarantined(engine.store, engine.job.name)
         if summary.cost_ceiling:
             print(f"run: stopped submitting at the cost ceiling: {summary.cost_ceiling}")
@@ -411,6 +437,7 @@ async def _cmd_submit(args: argparse.Namespace) -> int:
     async def body(engine: Any) -> int:
         await engine.store.init_db()
         await engine.store.check_source(engine.job)
+        await _check_job(engine, args)
         record = await engine.submit_one()
         if record is None:
             print("submit: nothing pending")

@@ -45,6 +45,29 @@ def _pricing_line(spec: Any) -> None:
           f"tokens, x{BATCH_DISCOUNT} in batches")
 
 
+async def _job_lines(store: Any, spec: Any) -> bool:
+    """Check that the key identifies one row and that the job name and columns are its own."""
+    try:
+        problems = await store.key_problems(spec)
+    except EngineError as exc:
+        problems = [str(exc)]
+    ok = True
+    for problem in problems:
+        ok &= _line(False, "source key", problem)
+    if not problems:
+        _line(True, "source key", f"{spec.source.key_column} identifies exactly one row")
+    try:
+        clashes = await store.job_problems(spec, record=False)
+    except EngineError as exc:
+        clashes = [f"{exc} (run 'init-db')"]
+    for clash in clashes:
+        ok &= _line(False, "job identity", clash)
+    if not clashes:
+        _line(True, "job identity", f"{spec.name}: recorded or new, no active job writes its "
+              "columns")
+    return ok
+
+
 async def run_checks(
     args: argparse.Namespace,
     load: Callable[[argparse.Namespace], Any],
@@ -97,6 +120,8 @@ async def run_checks(
             ok &= _line(True, "source table", f"{loaded.spec.source.table} and its columns exist")
         except EngineError as exc:
             ok &= _line(False, "source table", str(exc))
+        else:
+            ok &= await _job_lines(store, loaded.spec)
     finally:
         await store.close()
     try:

@@ -100,6 +100,7 @@ class RunSummary:
     cost_ceiling: str | None = None  # why submission stopped at max_cost_usd, when it did
     # Unfinished work other live workers held when an until-idle run ended.
     held_elsewhere: tuple[Holding, ...] = ()
+    rows_skipped: int = 0  # results not written: the row was no longer pending, or not one row
 
 
 @dataclass(frozen=True)
@@ -427,6 +428,7 @@ class Engine:
             cost_usd=await self._run_cost(ctx, ceiling),
             cost_ceiling=ceiling.tripped if ceiling is not None else None,
             held_elsewhere=tuple(ctx.held_elsewhere),
+            rows_skipped=ctx.counters.get("rows_skipped", 0),
         )
 
     async def _run_cost(self, ctx: PipelineContext, ceiling: CostCeiling | None) -> float:

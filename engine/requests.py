@@ -1,14 +1,15 @@
 """Request lines for the Batch API: one JSONL line per claimed row, per endpoint.
 
 custom_id
-    ``f"{job}|{attempt}|{key}"``. It maps back without a lookup table
-    (``split("|", 2)``: job names cannot hold ``|``, the attempt is digits, and the key keeps
-    every character it has, ``|`` included). It is deterministic, so a resubmitted draft
-    carries the same ids. OpenAI's OpenAPI spec gives ``custom_id`` no maximum length (only
-    "unique for each request in a batch"); we cap it at 512 characters, the API's limit on a
-    metadata value, so it always fits a reasonable column. Some compatible providers are
-    stricter (Together and Anthropic batches allow 64 characters), which a key-heavy job
-    pointed at them would hit as a validation failure.
+    ``f"{job}|{attempt}|{key}"`` when that fits in 64 characters (the limit the Batch API
+    and its compatible providers enforce) and the key does not start with ``#``; otherwise
+    ``f"{job}|{attempt}|#{hex}"``, where ``hex`` is the start of the SHA-256 of the key (as
+    many hex digits as fit, 16 to 32). The mapping back never parses the key out of the
+    custom_id: each item's custom_id is stored in the items table when it is bound to a batch,
+    and the writer looks every answer up there (``Store.batch_items``), so any key, however
+    long or whatever it holds, comes back exactly. Two keys whose hashes collide in one batch
+    are refused when the batch is bound (``Store.create_draft``), never mixed up. It is
+    deterministic, so a resubmitted draft carries the same ids.
 
 Prompt
     The user prompt is the job's ``user_template`` with ``{column}`` placeholders filled from
@@ -26,6 +27,7 @@ whitespace-only, or a user prompt longer than ``job.max_input_chars`` characters
 
 from __future__ import annotations
 
+import hashlib
 import re
 import string
 from dataclasses import dataclass
@@ -49,7 +51,10 @@ __all__ = [
     "parse_custom_id",
 ]
 
-MAX_CUSTOM_ID_CHARS = 512
+MAX_CUSTOM_ID_CHARS = 64
+_HASHED = "#"  # marks a custom_id that carries a hash of the key, not the key
+_MIN_HASH_HEX = 16
+_MAX_HASH_HEX = 32
 _SEP = "|"
 _UNSAFE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff]")
 _SURROGATE = re.compile("[\ud800-\udfff]")
@@ -78,7 +83,7 @@ def clean_text(text: str) -> str:
 
 
 def make_custom_id(job: str, key: str, attempt: int) -> str:
-    """Return ``job|attempt|key``; raise InputRejected when it cannot be sent as is."""
+    """Return ``job|attempt|key``, or ``job|attempt|#hash`` when that would not fit 64 chars."""
     if not job or _SEP in job:
         raise ConfigError(f"job name {job!r}: must be non-empty and must not contain '|'")
     if attempt < 0:
@@ -86,16 +91,25 @@ def make_custom_id(job: str, key: str, attempt: int) -> str:
     if _SURROGATE.search(key):
         # Cleaning the key would map the answer to another row; the row cannot be sent.
         raise InputRejected("key holds a lone surrogate and cannot be sent as custom_id")
-    custom_id = f"{job}{_SEP}{attempt}{_SEP}{key}"
-    if len(custom_id) > MAX_CUSTOM_ID_CHARS:
-        raise InputRejected(
-            f"custom_id would be {len(custom_id)} chars (max {MAX_CUSTOM_ID_CHARS}); key too long"
+    prefix = f"{job}{_SEP}{attempt}{_SEP}"
+    custom_id = prefix + key
+    if len(custom_id) <= MAX_CUSTOM_ID_CHARS and not key.startswith(_HASHED):
+        return custom_id
+    room = MAX_CUSTOM_ID_CHARS - len(prefix) - len(_HASHED)
+    if room < _MIN_HASH_HEX:
+        raise ConfigError(
+            f"job name {job!r}: too long to leave room for a key in a {MAX_CUSTOM_ID_CHARS}-"
+            f"character custom_id (at most {MAX_CUSTOM_ID_CHARS - _MIN_HASH_HEX - 8} characters)"
         )
-    return custom_id
+    digest = hashlib.sha256(key.encode("utf-8")).hexdigest()[: min(room, _MAX_HASH_HEX)]
+    return f"{prefix}{_HASHED}{digest}"
 
 
 def parse_custom_id(custom_id: str) -> tuple[str, str, int]:
-    """Return (job, key, attempt) from a custom_id made by make_custom_id."""
+    """Return (job, key, attempt) from a custom_id made by make_custom_id.
+
+    For a hashed custom_id the "key" is ``#hash``: the row is found through the items table.
+    """
     parts = custom_id.split(_SEP, 2)
     if len(parts) != 3 or not parts[0] or not parts[1].isdigit() or not parts[1].isascii():
         raise CustomIdError(f"custom_id {custom_id[:80]!r} is not job|attempt|key")

@@ -65,6 +65,7 @@ class _Tally:
     requeued: int = 0
     dead: int = 0
     stale: int = 0
+    skipped: int = 0  # results not written: the row was no longer pending, or not one row
     skipped_lines: int = 0
     first_skip: str = ""  # why the first unusable line was skipped (for its row's reason)
     usage: Usage = field(default_factory=lambda: Usage(0, 0, 0, 0))
@@ -162,6 +163,12 @@ class Writer:
             reasoning_tokens=usage.reasoning_tokens,
             cost_usd=cost,
         )
+        if tally.skipped:
+            log.warning(
+                "batch %s: %d results not written: their rows were changed by another writer "
+                "(no longer pending) or no longer have one row per key; see their items",
+                record.id, tally.skipped, extra={"batch_id": record.id},
+            )
         log.info(
             "batch %s: %d applied, %d requeued, %d dead, %d stale, $%.4f",
             record.id, tally.applied, tally.requeued, tally.dead, tally.stale, cost,
@@ -291,6 +298,8 @@ class Writer:
             crash_point("mid_apply")
             tally.applied += outcome.applied
             tally.stale += len(outcome.stale)
+            tally.skipped += len(outcome.skipped)
+            ctx.count("rows_skipped", len(outcome.skipped))
             ctx.count("rows_applied", outcome.applied)
             if outcome.applied:
                 ctx.emit(EngineEvent(kind="rows_applied", job=ctx.job.name, rows=outcome.applied))

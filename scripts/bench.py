@@ -440,7 +440,7 @@ async def throughput(dialect: str, dsn: str, plan: Plan, tmp: Path) -> dict[str,
     finally:
         if dialect != "sqlite":
             drop(dialect, dsn, table, f"{prefix}items", f"{prefix}batches", f"{prefix}meta",
-                 f"{prefix}items_workers")
+                 f"{prefix}items_workers", f"{prefix}meta_jobs")
 
 
 # -- 2. concurrency ----------------------------------------------------------------------------

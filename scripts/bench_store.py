@@ -68,7 +68,7 @@ def _drop(dialect: str, dsn: str, prefix: str) -> None:
     """Drop the benchmark's tables."""
     conn = _connect(dialect, dsn)
     try:
-        for name in ("items", "batches", "meta", "items_workers", "src"):
+        for name in ("items", "batches", "meta", "items_workers", "meta_jobs", "src"):
             try:
                 conn.execute(f"DROP TABLE {prefix}{name}")
                 if dialect != "sqlite":

@@ -65,6 +65,8 @@ class Dialect:
     begin_sql: ClassVar[str | None] = None  # explicit BEGIN when autocommit is on
     now: ClassVar[str] = "CURRENT_TIMESTAMP"  # the database clock, UTC, for engine tables
     t_key: ClassVar[str] = "VARCHAR(255)"
+    # Appended to the type of items.source_key: how the engine compares keys (exactly).
+    key_collation: ClassVar[str] = ""
     t_text: ClassVar[str] = "TEXT"
     t_ts: ClassVar[str] = "TIMESTAMP"
     t_int: ClassVar[str] = "BIGINT"
@@ -108,6 +110,10 @@ class Dialect:
     def as_text(self, expr: str) -> str:
         """Cast a source key expression to the text stored in items.source_key."""
         return f"CAST({expr} AS VARCHAR(255))"
+
+    def char_length(self, expr: str) -> str:
+        """Return SQL for the length in characters of a key as text (trailing spaces count)."""
+        return f"LENGTH(CAST({expr} AS TEXT))"
 
     def limit(self, select_body: str, n: int) -> str:
         """Append a row limit to a SELECT (n is an int we formatted, never text from outside)."""
@@ -249,6 +255,7 @@ class MysqlDialect(Dialect):
     t_ts = "DATETIME(6)"
     t_float = "DOUBLE"
     table_suffix = " ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin"
+    key_collation = " CHARACTER SET utf8mb4 COLLATE utf8mb4_nopad_bin"
     # MariaDB's driver fails on SQLPutData of long UTF-16 text; UTF-8 binds round-trip exactly.
     utf8_everywhere = True
     transient_states = frozenset({"40001", "HYT00", "08S01"})
@@ -280,8 +287,15 @@ class MysqlDialect(Dialect):
         return round(lease_s * 1_000_000)
 
     def as_text(self, expr: str) -> str:
-        """Keys are compared as binary-collated text, like items.source_key."""
-        return f"CAST({expr} AS CHAR(255) CHARACTER SET utf8mb4) COLLATE utf8mb4_bin"
+        """Keys are compared as binary NO PAD text, like items.source_key.
+
+        utf8mb4_bin is PAD SPACE ('pad' = 'pad '): two source rows would be one item.
+        """
+        return f"CAST({expr} AS CHAR(255) CHARACTER SET utf8mb4) COLLATE utf8mb4_nopad_bin"
+
+    def char_length(self, expr: str) -> str:
+        """CHAR_LENGTH of the key as utf8mb4 text (no length cap on the cast)."""
+        return f"CHAR_LENGTH(CAST({expr} AS CHAR CHARACTER SET utf8mb4))"
 
     def zone_sql(self) -> list[str]:
         """Put the session's time_zone in UTC (CURRENT_TIMESTAMP and NOW() follow it)."""
@@ -402,6 +416,10 @@ class MssqlDialect(Dialect):
     def as_text(self, expr: str) -> str:
         """Keys are compared as nvarchar."""
         return f"CAST({expr} AS NVARCHAR(255))"
+
+    def char_length(self, expr: str) -> str:
+        """LEN ignores trailing spaces; a sentinel character keeps them."""
+        return f"(LEN(CAST({expr} AS NVARCHAR(MAX)) + N'x') - 1)"
 
     def limit(self, select_body: str, n: int) -> str:
         """Return the body unchanged: SQL Server limits with TOP (see top())."""

@@ -55,11 +55,16 @@ class ApplyOutcome:
     ``rejected`` holds (key, reason) of rows the database refused because a value does not
     fit its column (too long, out of range); they were not written and their items are
     untouched, so the caller requeues them with the reason.
+
+    ``skipped`` holds (key, reason) of rows not written because their source row no longer
+    matches the job's pending filter (another writer got there first: item done with a
+    ``skipped:`` reason) or no longer has exactly one source row (item dead with the reason).
     """
 
     applied: int
     stale: list[str]
     rejected: list[tuple[str, str]] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)

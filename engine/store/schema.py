@@ -8,9 +8,18 @@ from engine.settings import StoreSettings
 from engine.store.dialects import Dialect
 from engine.store.models import BatchRecord
 
-__all__ = ["BATCH_COLUMNS", "BATCH_INTS", "SCHEMA_VERSION", "Tables", "ddl_statements"]
+__all__ = [
+    "BATCH_COLUMNS",
+    "BATCH_INTS",
+    "KEY_CHARS",
+    "SCHEMA_VERSION",
+    "Tables",
+    "ddl_statements",
+]
 
-SCHEMA_VERSION = 1
+# 2: items.source_key compares exactly on MariaDB (NO PAD binary), and the jobs table.
+SCHEMA_VERSION = 2
+KEY_CHARS = 255  # the longest source key (as text) the items table holds
 BATCH_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(BatchRecord))
 BATCH_INTS = {
     "request_total",
@@ -32,11 +41,13 @@ class Tables:
     items: str
     batches: str
     meta: str
+    jobs: str  # each job's identity (table, key, columns, filter), recorded at its first run
     items_plain: str
     batches_plain: str
     meta_plain: str
-    workers: str = ""
-    workers_plain: str = ""
+    workers: str  # one heartbeat row per running worker
+    workers_plain: str
+    jobs_plain: str
 
     @classmethod
     def from_settings(cls, dialect: Dialect, settings: StoreSettings) -> Tables:
@@ -48,11 +59,13 @@ class Tables:
             items=dialect.table(settings.items_table, "items_table"),
             batches=dialect.table(settings.batches_table, "batches_table"),
             meta=dialect.table(settings.meta_table, "meta_table"),
+            jobs=dialect.table(settings.meta_table + "_jobs", "meta_table"),
             items_plain=settings.items_table.replace(".", "_"),
             batches_plain=settings.batches_table.replace(".", "_"),
             meta_plain=settings.meta_table.replace(".", "_"),
             workers=dialect.table(workers, "workers_table"),
             workers_plain=workers.replace(".", "_"),
+            jobs_plain=settings.meta_table.replace(".", "_") + "_jobs",
         )
 
 
@@ -86,7 +99,7 @@ def ddl_statements(dialect: Dialect, tables: Tables) -> list[str]:
     ]
     items_body = [
         f"{c('job')} {k} NOT NULL",
-        f"{c('source_key')} {k} NOT NULL",
+        f"{c('source_key')} {k}{dialect.key_collation} NOT NULL",
         f"{c('state')} {k} NOT NULL",
         f"{c('claim_token')} {k} NULL",
         f"{c('worker_id')} {k} NULL",
@@ -120,12 +133,23 @@ def ddl_statements(dialect: Dialect, tables: Tables) -> list[str]:
         f"{c('expires_at')} {ts} NULL",
         f"CONSTRAINT {c('pk_' + tables.workers_plain)} PRIMARY KEY ({c('worker_id')})",
     ]
+    jobs_body = [
+        f"{c('name')} {k} NOT NULL",
+        f"{c('source_table')} {k} NOT NULL",
+        f"{c('key_column')} {k} NOT NULL",
+        f"{c('output_columns')} {t} NOT NULL",
+        f"{c('pending_filter')} {t} NOT NULL",
+        f"{c('created_at')} {ts} NULL",
+        f"{c('updated_at')} {ts} NULL",
+        f"CONSTRAINT {c('pk_' + tables.jobs_plain)} PRIMARY KEY ({c('name')})",
+    ]
     statements: list[str] = []
     for table, body, indexes in (
         (tables.items, items_body, items_ix),
         (tables.batches, batches_body, batches_ix),
         (tables.meta, meta_body, []),
         (tables.workers, workers_body, []),
+        (tables.jobs, jobs_body, []),
     ):
         inline = [dialect.inline_index(c(n), cols) for n, cols in indexes]
         full_body = ", ".join(body + [x for x in inline if x])

@@ -16,9 +16,11 @@ import asyncio
 import logging
 import re
 import uuid
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import fields as dc_fields
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any, TypeVar
 
 import orjson
@@ -48,6 +50,7 @@ from engine.store.pool import Connection, Pool
 from engine.store.schema import (
     BATCH_COLUMNS,
     BATCH_INTS,
+    KEY_CHARS,
     SCHEMA_VERSION,
     Tables,
     ddl_statements,
@@ -87,7 +90,10 @@ def _key_list(dialect: Dialect, keys: Sequence[Any]) -> tuple[str, list[Any]]:
     array parameter read back with json_each (SQLite >= 3.38 has JSON built in).
     """
     if dialect.name == "sqlite":
-        return "(SELECT value FROM json_each(?))", [orjson.dumps(list(keys)).decode()]
+        # default=str: an integer key wider than 64 bits is bound as a Decimal (see bind_key)
+        return "(SELECT value FROM json_each(?))", [
+            orjson.dumps(list(keys), default=str).decode()
+        ]
     return f"({_marks(len(keys))})", list(keys)
 
 
@@ -214,8 +220,15 @@ class _Source:
         self.filter = f" AND ({src.extra_filter})" if src.extra_filter else ""
 
     def bind_key(self, key: str) -> Any:
-        """Return the key as the source table's type (items store it as text)."""
-        return int(key) if self.spec.key_type == "int" else key
+        """Return the key as the source table's type (items store it as text).
+
+        Integers wider than 64 bits (DECIMAL(38,0) keys) go as Decimal: the drivers bind
+        them as exact numerics, where an int raises OverflowError.
+        """
+        if self.spec.key_type != "int":
+            return key
+        value = int(key)
+        return value if -(2**63) <= value < 2**63 else Decimal(value)
 
 
 class Store:
@@ -524,8 +537,41 @@ class Store:
             if self.dialect.name == "mssql":
                 params.append("schema_version")
             await conn.execute(self.sql_meta_insert(), params)
+            await self._migrate(conn)
 
         await self._tx(work)
+
+    async def _migrate(self, conn: Connection) -> None:
+        """Bring tables made by an older version up to SCHEMA_VERSION; idempotent.
+
+        Each step looks at the table itself, not only at the version row, so a step that ran
+        (MariaDB's ALTER commits on its own) is never run twice.
+        """
+        c = self._c
+        if self.dialect.name == "mysql":
+            # 2: source_key compares exactly (NO PAD binary): 'pad' and 'pad ' are two items.
+            parts = self.settings.items_table.split(".")
+            schema, table = (parts[0], parts[1]) if len(parts) == 2 else (None, parts[0])
+            found = await conn.fetchall(
+                "SELECT COLLATION_NAME FROM information_schema.COLUMNS "
+                "WHERE TABLE_SCHEMA = COALESCE(?, DATABASE()) AND TABLE_NAME = ? "
+                "AND COLUMN_NAME = 'source_key'",
+                [schema, table],
+            )
+            if found and str(found[0][0]).lower() != "utf8mb4_nopad_bin":
+                await conn.execute(
+                    f"ALTER TABLE {self.tables.items} MODIFY {c('source_key')} "
+                    f"{self.dialect.t_key}{self.dialect.key_collation} NOT NULL"
+                )
+        rows = await conn.fetchall(
+            f"SELECT {c('value')} FROM {self.tables.meta} WHERE {c('name')} = ?",
+            ["schema_version"],
+        )
+        if rows and int(rows[0][0]) < SCHEMA_VERSION:
+            await conn.execute(
+                f"UPDATE {self.tables.meta} SET {c('value')} = ? WHERE {c('name')} = ?",
+                [str(SCHEMA_VERSION), "schema_version"],
+            )
 
     async def schema_version(self) -> int | None:
         """Return the schema version recorded by init_db, or None before it ran."""
@@ -573,11 +619,12 @@ class Store:
         Idempotent and safe when several workers do it at once. Returns rows inserted.
         """
         sql = self.sql_discover(job, limit)
+        reopened = await self.reopen_reset(job)
 
         async def work(conn: Connection) -> int:
             return max(0, await conn.execute(sql, [job.name, job.name]))
 
-        inserted = await self._tx(work)
+        inserted = await self._tx(work) + reopened
         log.debug("discovered %d items for job %s", inserted, job.name)
         if inserted >= _ANALYZE_AFTER_ROWS and self.dialect.name == "postgresql":
 
@@ -781,6 +828,9 @@ class Store:
         many items were bound (fewer means some claims were lost to another worker).
         """
         c, d = self._c, self.dialect
+        if len({cid for _k, _t, cid in items}) != len(items):
+            # Hashed custom_ids that collide would hand one row's answer to another.
+            raise StoreError(f"batch {record.id}: two items share a custom_id; not bound")
         skip = {"created_at", "updated_at", "lease_expires_at", "state"}
         names = [n for n in BATCH_COLUMNS if n not in skip]
         values = [getattr(record, n) for n in names]
@@ -1145,11 +1195,12 @@ class Store:
                     f"(SELECT CAST(x AS {key_type}) FROM "
                     f"json_array_elements_text(CAST(? AS json)) AS t(x))"
                 )
-                params = [orjson.dumps(bound).decode()]
+                params = [orjson.dumps(bound, default=str).decode()]
             else:
                 in_sql, params = f"({_marks(len(bound))})", bound
+            # The key as the items table holds it (PostgreSQL's char(n) comes back padded).
             return await conn.fetchall(
-                f"SELECT {src.key}, {', '.join(texts)} FROM {src.table} "
+                f"SELECT {self.dialect.as_text(src.key)}, {', '.join(texts)} FROM {src.table} "
                 f"WHERE {src.key} IN {in_sql}",
                 params,
             )
@@ -1199,7 +1250,12 @@ class Store:
         return self._pg_types[src.table]
 
     async def _apply_pg(
-        self, conn: Connection, job: JobSpec, src: _Source, rows: Sequence[ApplyRow]
+        self,
+        conn: Connection,
+        job: JobSpec,
+        src: _Source,
+        rows: Sequence[ApplyRow],
+        verdicts: dict[str, tuple[str, str]],
     ) -> set[str]:
         """PostgreSQL: fence and write with JSON-table joins, two statements a chunk.
 
@@ -1227,6 +1283,9 @@ class Store:
         matched = {str(r[0]) for r in done}
         if not matched:
             return matched
+        verdicts.update(await self._source_verdicts(conn, job, src, sorted(matched)))
+        await self._settle_verdicts(conn, job, verdicts)
+        matched -= set(verdicts)
         types = await self._pg_column_types(conn, src)
         groups: dict[tuple[str, ...], list[ApplyRow]] = {}
         for row in rows:
@@ -1273,7 +1332,12 @@ class Store:
         return matched
 
     async def _apply_generic(
-        self, conn: Connection, job: JobSpec, src: _Source, rows: Sequence[ApplyRow]
+        self,
+        conn: Connection,
+        job: JobSpec,
+        src: _Source,
+        rows: Sequence[ApplyRow],
+        verdicts: dict[str, tuple[str, str]],
     ) -> set[str]:
         """Lock and fence the items, update the source rows, then mark items done.
 
@@ -1282,6 +1346,10 @@ class Store:
         """
         pairs = [(r.key, r.claim_token) for r in rows]
         held = await self._fenced(conn, job.name, pairs, ["submitted"])
+        if held:
+            verdicts.update(await self._source_verdicts(conn, job, src, sorted(held)))
+            await self._settle_verdicts(conn, job, verdicts)
+            held = {k: a for k, a in held.items() if k not in verdicts}
         groups: dict[tuple[str, ...], list[ApplyRow]] = {}
         for row in rows:
             if row.key in held:
@@ -1317,10 +1385,11 @@ class Store:
             size = max(1, min(_CHUNK, self.dialect.max_params // width))
         applied, stale = 0, list[str]()
         rejected: list[tuple[str, str]] = []
+        skipped: list[tuple[str, str]] = []
         for chunk in _apply_chunks(rows, size):
-            matched = await self._apply_part(job, src, chunk, rejected)
+            matched = await self._apply_part(job, src, chunk, rejected, skipped)
             applied += len(matched)
-            refused = {key for key, _ in rejected}
+            refused = {key for key, _ in rejected} | {key for key, _ in skipped}
             stale.extend(r.key for r in chunk if r.key not in matched and r.key not in refused)
         if stale:
             log.warning("job %s: %d stale results fenced out", job.name, len(stale))
@@ -1329,7 +1398,12 @@ class Store:
                 "job %s: %d results do not fit their columns (first: %s)",
                 job.name, len(rejected), rejected[0][1],
             )
-        return ApplyOutcome(applied=applied, stale=stale, rejected=rejected)
+        if skipped:
+            log.warning(
+                "job %s: %d results not written (first: key %s, %s)",
+                job.name, len(skipped), skipped[0][0], skipped[0][1],
+            )
+        return ApplyOutcome(applied=applied, stale=stale, rejected=rejected, skipped=skipped)
 
     async def _apply_part(
         self,
@@ -1337,6 +1411,7 @@ class Store:
         src: _Source,
         chunk: Sequence[ApplyRow],
         rejected: list[tuple[str, str]],
+        skipped: list[tuple[str, str]] | None = None,
     ) -> set[str]:
         """Apply a chunk in one transaction; on a value that does not fit, split it.
 
@@ -1344,33 +1419,38 @@ class Store:
         the halves are applied apart until each refused row stands alone; those go to
         ``rejected`` as (key, reason) and every other row is applied. Returns matched keys.
         """
+        verdicts: dict[str, tuple[str, str]] = {}  # key -> (state, reason): not written
 
         async def work(conn: Connection) -> set[str]:
+            verdicts.clear()  # a retried transaction decides again
             if self.dialect.name == "postgresql":
-                matched = await self._apply_pg(conn, job, src, chunk)
+                matched = await self._apply_pg(conn, job, src, chunk, verdicts)
             else:
-                matched = await self._apply_generic(conn, job, src, chunk)
-            unwritten = await self._unwritten(conn, src, sorted(matched))
+                matched = await self._apply_generic(conn, job, src, chunk, verdicts)
+            unwritten = await self._unwritten(conn, job, src, sorted(matched))
             if unwritten:
                 raise _SourceNotWrittenError(unwritten)  # rolls the items back too
             return matched
 
         try:
-            return await self._tx(work)
+            matched = await self._tx(work)
+            if skipped is not None:
+                skipped.extend((key, reason) for key, (_state, reason) in verdicts.items())
+            return matched
         except _SourceNotWrittenError as exc:
             missing = exc.keys
             log.warning("job %s: %d source rows not written by their UPDATE; retried",
                         job.name, len(missing))
             rejected.extend((key, _NOT_WRITTEN) for key in sorted(missing))
             rest = [row for row in chunk if row.key not in missing]
-            return await self._apply_part(job, src, rest, rejected) if rest else set()
+            return await self._apply_part(job, src, rest, rejected, skipped) if rest else set()
         except DataFitError as exc:
             if len(chunk) == 1:
                 rejected.append((chunk[0].key, self._misfit_reason(chunk[0], src, exc)))
                 return set()
         half = len(chunk) // 2
-        first = await self._apply_part(job, src, chunk[:half], rejected)
-        return first | await self._apply_part(job, src, chunk[half:], rejected)
+        first = await self._apply_part(job, src, chunk[:half], rejected, skipped)
+        return first | await self._apply_part(job, src, chunk[half:], rejected, skipped)
 
     def _misfit_reason(self, row: ApplyRow, src: _Source, exc: DataFitError) -> str:
         """Say which column refused the value: MariaDB and SQL Server name it, else guess.
@@ -1649,7 +1729,9 @@ class Store:
 
     # -- trust no single "ok" (guarantees 7 and 8) ---------------------------------------------
 
-    async def _unwritten(self, conn: Connection, src: _Source, keys: Sequence[str]) -> set[str]:
+    async def _unwritten(
+        self, conn: Connection, job: JobSpec, src: _Source, keys: Sequence[str]
+    ) -> set[str]:
         """Keys among ``keys`` whose source row does not carry the processed marker.
 
         Read inside the apply transaction, after the UPDATE: a driver that reports a write
@@ -1658,10 +1740,10 @@ class Store:
         """
         found: set[str] = set()
         for chunk in _chunks(list(keys), _CHUNK):
-            in_sql, in_params = _key_list(self.dialect, [src.bind_key(k) for k in chunk])
+            in_sql, in_params = await self._source_in(conn, job, src, chunk)
             rows = await conn.fetchall(
-                f"SELECT {src.key} FROM {src.table} WHERE {src.key} IN {in_sql} "
-                f"AND {src.processed} IS NOT NULL",
+                f"SELECT {self.dialect.as_text(src.key)} FROM {src.table} "
+                f"WHERE {src.key} IN {in_sql} AND {src.processed} IS NOT NULL",
                 in_params,
             )
             found.update(str(r[0]) for r in rows)
@@ -1760,3 +1842,325 @@ class Store:
         found = await self.get_batch(record.id)
         assert found is not None
         return found
+
+    # -- keys: one key, one row ---------------------------------------------------------------
+
+    async def _source_in(
+        self, conn: Connection, job: JobSpec, src: _Source, keys: Sequence[str]
+    ) -> tuple[str, list[Any]]:
+        """Return an IN list matching these keys against the source key column, and params."""
+        if self.dialect.name == "postgresql":
+            types = await self._pg_column_types(conn, src)
+            key_type = types.get(job.source.key_column.lower(), "text")
+            return (
+                f"(SELECT CAST(x AS {key_type}) FROM "
+                f"json_array_elements_text(CAST(? AS json)) AS t(x))",
+                [orjson.dumps(list(keys)).decode()],
+            )
+        bound = [src.bind_key(k) for k in keys]
+        if self.dialect.name == "sqlite":
+            return _key_list(self.dialect, bound)
+        return f"({_marks(len(bound))})", bound
+
+    async def _source_verdicts(
+        self, conn: Connection, job: JobSpec, src: _Source, keys: Sequence[str]
+    ) -> dict[str, tuple[str, str]]:
+        """Lock these keys' source rows; return key -> (state, reason) of those not to write.
+
+        A result is written only where exactly one source row has the key (compared the way
+        the source column compares: case, accents, trailing spaces) and that row still
+        matches the job's pending filter. The rows stay locked until the apply commits, so
+        another writer cannot change them in between. One statement per chunk; only when a
+        row comes back that is not exactly one of the keys (a case-insensitive or PAD SPACE
+        match) or a key comes back twice are those keys counted one by one.
+        """
+        d = self.dialect
+        pending = f"CASE WHEN s.{src.processed} IS NULL{src.filter} THEN 1 ELSE 0 END"
+        verdicts: dict[str, tuple[str, str]] = {}
+        for chunk in _chunks(list(keys), _JSON_CHUNK if d.name in ("sqlite", "postgresql")
+                             else _CHUNK):
+            in_sql, params = await self._source_in(conn, job, src, chunk)
+            rows = await conn.fetchall(
+                f"SELECT {d.as_text('s.' + src.key)}, {pending} FROM {src.table} s{d.lock_hint} "
+                f"WHERE s.{src.key} IN {in_sql}{d.lock_suffix}",
+                params,
+            )
+            wanted = set(chunk)
+            found: Counter[str] = Counter()
+            still_pending: dict[str, bool] = {}
+            for text, flag in rows:
+                found[str(text)] += 1
+                still_pending[str(text)] = int(flag) == 1
+            if any(text not in wanted for text in found):
+                suspects = list(chunk)
+            else:
+                suspects = [k for k in chunk if found[k] > 1]
+            counts = {k: (found[k], int(still_pending.get(k, False))) for k in chunk}
+            for key in suspects:
+                counts[key] = await self._count_key(conn, job, src, key, pending)
+            for key, (rows_with_key, pending_rows) in counts.items():
+                if rows_with_key > 1:
+                    verdicts[key] = (
+                        "dead",
+                        f"key matches {rows_with_key} source rows; not written "
+                        f"(source.key_column {job.source.key_column!r} must be unique)",
+                    )
+                elif rows_with_key == 0:
+                    verdicts[key] = ("dead", "source row not found when applying")
+                elif not pending_rows:
+                    verdicts[key] = ("done", "skipped: row no longer pending")
+        return verdicts
+
+    async def _count_key(
+        self, conn: Connection, job: JobSpec, src: _Source, key: str, pending: str
+    ) -> tuple[int, int]:
+        """Return (source rows equal to key, of which still pending), under the row locks."""
+        if self.dialect.name == "postgresql":
+            types = await self._pg_column_types(conn, src)
+            mark = f"CAST(? AS {types.get(job.source.key_column.lower(), 'text')})"
+            param: Any = key
+        else:
+            mark, param = "?", src.bind_key(key)
+        rows = await conn.fetchall(
+            f"SELECT COUNT(*), SUM({pending}) FROM {src.table} s WHERE s.{src.key} = {mark}",
+            [param],
+        )
+        return int(rows[0][0] or 0), int(rows[0][1] or 0)
+
+    async def _settle_verdicts(
+        self, conn: Connection, job: JobSpec, verdicts: dict[str, tuple[str, str]]
+    ) -> None:
+        """Set the items of keys not written to their verdict's state and reason."""
+        c = self._c
+        groups: dict[tuple[str, str], list[str]] = {}
+        for key, verdict in verdicts.items():
+            groups.setdefault(verdict, []).append(key)
+        for (state, reason), keys in groups.items():
+            await self._set_items(
+                conn, job.name, keys,
+                f"{c('state')} = ?, {c('last_error')} = ?, {c('lease_expires_at')} = NULL",
+                [state, _error_text(reason)],
+            )
+
+    async def reopen_reset(self, job: JobSpec) -> int:
+        """Send done items whose source row is pending again back to pending; return how many.
+
+        An item becomes ``done`` only in the transaction that writes its source row (or, for
+        a row another writer had already taken, when that row no longer matched the pending
+        filter), so a done item whose source row matches the pending filter now was reset by
+        someone after that commit: it is processed again, attempts from zero. A write that
+        has not landed yet has no done item: its item is still ``submitted``.
+        """
+        d, c, src = self.dialect, self._c, _Source(self.dialect, job)
+        key_text = d.as_text(f"s.{src.key}")
+        select = (
+            f"SELECT {key_text} FROM {src.table} s WHERE s.{src.processed} IS NULL{src.filter} "
+            f"AND EXISTS (SELECT 1 FROM {self.tables.items} i WHERE i.{c('job')} = ? "
+            f"AND i.{c('source_key')} = {key_text} AND i.{c('state')} = 'done')"
+        )
+
+        async def work(conn: Connection) -> int:
+            keys = [str(r[0]) for r in await conn.fetchall(select, [job.name])]
+            for chunk in _chunks(keys, _CHUNK):
+                in_sql, in_params = _key_list(d, chunk)
+                await conn.execute(
+                    f"UPDATE {self.tables.items} SET {self._to_pending()}, {c('attempts')} = 0, "
+                    f"{c('last_error')} = ?, {c('updated_at')} = {d.now} "
+                    f"WHERE {c('job')} = ? AND {c('state')} = 'done' "
+                    f"AND {c('source_key')} IN {in_sql}",
+                    ["reopened: source row pending again", job.name, *in_params],
+                )
+            return len(keys)
+
+        reopened = await self._tx(work)
+        if reopened:
+            log.info("job %s: %d done rows are pending again in the source; reopened",
+                     job.name, reopened)
+        return reopened
+
+    async def key_problems(self, job: JobSpec) -> list[str]:
+        """Say why the key column cannot identify rows exactly (empty when it can).
+
+        Unique when a unique or primary-key constraint covers exactly that column; otherwise
+        the rows are grouped by key (in the column's own collation) and shared values named.
+        Pending keys longer than the items table holds are named with the limit.
+        """
+        d, src = self.dialect, _Source(self.dialect, job)
+        problems: list[str] = []
+        name = f"source.key_column: {job.source.key_column!r} of {job.source.table!r}"
+        groups = (
+            f"SELECT s.{src.key}, COUNT(*) FROM {src.table} s WHERE s.{src.key} IS NOT NULL "
+            f"GROUP BY s.{src.key} HAVING COUNT(*) > 1"
+        )
+        length = d.char_length(f"s.{src.key}")
+        pending = f"s.{src.processed} IS NULL{src.filter}"
+
+        async def work(conn: Connection) -> None:
+            if not await self._key_is_unique(conn, job, src):
+                total = await conn.fetchall(f"SELECT COUNT(*) FROM ({groups}) g", [])
+                if int(total[0][0]):
+                    shown = await conn.fetchall(
+                        d.limit(f"{groups.replace('SELECT ', 'SELECT ' + d.top(5), 1)} "
+                                f"ORDER BY COUNT(*) DESC", 5), [])
+                    listed = ", ".join(f"{str(k)!r} x{int(n)}" for k, n in shown)
+                    problems.append(
+                        f"{name} is not unique: {int(total[0][0])} values are shared by more "
+                        f"than one row (e.g. {listed}); each key must identify exactly one row "
+                        "(add a unique constraint or choose another key column)"
+                    )
+            longest = await conn.fetchall(
+                f"SELECT MAX({length}) FROM {src.table} s WHERE {pending}", []
+            )
+            if int(longest[0][0] or 0) > KEY_CHARS:
+                example = await conn.fetchall(
+                    d.limit(f"SELECT {d.top(1)}s.{src.key}, {length} FROM {src.table} s "
+                            f"WHERE {pending} ORDER BY {length} DESC", 1), [])
+                key = str(example[0][0])
+                problems.append(
+                    f"{name}: key {key[:40]!r}... is {int(example[0][1])} characters; the "
+                    f"engine's items table holds keys of at most {KEY_CHARS}"
+                )
+
+        await self._read(work)
+        return problems
+
+    async def _key_is_unique(self, conn: Connection, job: JobSpec, src: _Source) -> bool:
+        """Whether a unique or primary-key constraint covers exactly the key column."""
+        key = job.source.key_column
+        if self.dialect.name == "postgresql":
+            rows = await conn.fetchall(
+                "SELECT 1 FROM pg_index x JOIN pg_attribute a ON a.attrelid = x.indrelid "
+                "AND a.attnum = x.indkey[0] WHERE x.indrelid = CAST(? AS regclass) "
+                "AND x.indisunique AND x.indnatts = 1 AND x.indpred IS NULL "
+                "AND x.indexprs IS NULL AND a.attname = ?",
+                [src.table, key],
+            )
+            return bool(rows)
+        if self.dialect.name == "mysql":
+            parts = job.source.table.split(".")
+            schema, table = (parts[0], parts[1]) if len(parts) == 2 else (None, parts[0])
+            rows = await conn.fetchall(
+                "SELECT INDEX_NAME FROM information_schema.STATISTICS "
+                "WHERE TABLE_SCHEMA = COALESCE(?, DATABASE()) AND TABLE_NAME = ? "
+                "AND NON_UNIQUE = 0 GROUP BY INDEX_NAME HAVING COUNT(*) = 1 "
+                "AND LOWER(MAX(COLUMN_NAME)) = LOWER(?) AND MAX(SUB_PART) IS NULL",
+                [schema, table, key],
+            )
+            return bool(rows)
+        if self.dialect.name == "sqlite" and "." not in job.source.table:
+            for index in await conn.fetchall(f"PRAGMA index_list({src.table})", []):
+                _seq, index_name, unique, _origin, partial = index[:5]
+                if not int(unique) or int(partial):
+                    continue
+                quoted = '"' + str(index_name).replace('"', '""') + '"'
+                cols = await conn.fetchall(f"PRAGMA index_info({quoted})", [])
+                if len(cols) == 1 and str(cols[0][2]).lower() == key.lower():
+                    return True
+            info = await conn.fetchall(f"PRAGMA table_info({src.table})", [])
+            pks = [r for r in info if int(r[5])]
+            # INTEGER PRIMARY KEY is the rowid: unique, and in no index_list.
+            return (len(pks) == 1 and str(pks[0][1]).lower() == key.lower()
+                    and str(pks[0][2]).upper() == "INTEGER")
+        return False  # SQL Server, schema-qualified SQLite: the duplicate count decides
+
+    # -- jobs: a job is one thing -------------------------------------------------------------
+
+    def job_identity(self, job: JobSpec) -> dict[str, str]:
+        """Return what makes the job this job: table, key, output columns, pending filter."""
+        src = job.source
+        pending = f"{src.processed_column} IS NULL"
+        if src.extra_filter:
+            pending += f" AND ({src.extra_filter})"
+        return {
+            "source_table": src.table,
+            "key_column": src.key_column,
+            "output_columns": ", ".join(sorted(job.output_columns, key=str.lower)),
+            "pending_filter": pending,
+        }
+
+    def _same_identity(self, a: dict[str, str], b: dict[str, str]) -> bool:
+        """Whether two recorded identities are one (names compared as the database does)."""
+        return a["pending_filter"] == b["pending_filter"] and all(
+            self._same_name(a[n], b[n]) for n in ("source_table", "key_column", "output_columns")
+        )
+
+    def _same_name(self, a: str, b: str) -> bool:
+        """Compare identifiers the way the database does (PostgreSQL keeps quoted case)."""
+        return a == b if self.dialect.name == "postgresql" else a.lower() == b.lower()
+
+    async def job_problems(self, job: JobSpec, *, record: bool, migrate: bool = False,
+                           ) -> list[str]:
+        """Check (and with ``record``, record) the job's identity; return what is wrong.
+
+        The first run of a job records its identity. The same name with another identity is
+        refused, naming both, unless ``migrate`` (then refused only while rows are in
+        flight, whose requests came from the old identity). Another job that writes one of
+        the same columns of the same table is refused while it has rows in flight.
+        """
+        c, d = self._c, self.dialect
+        mine = self.job_identity(job)
+        names = list(mine)
+        cols = ", ".join(c(n) for n in ("name", *names))
+        select = f"SELECT {cols} FROM {self.tables.jobs}"
+        insert = d.insert_ignore(
+            self.tables.jobs, f"{cols}, {c('created_at')}, {c('updated_at')}",
+            f"VALUES ({_marks(len(names) + 1)}, {d.now}, {d.now})", c("name"),
+        )
+        update = (
+            f"UPDATE {self.tables.jobs} SET "
+            + ", ".join(f"{c(n)} = ?" for n in names)
+            + f", {c('updated_at')} = {d.now} WHERE {c('name')} = ?"
+        )
+        in_flight = (
+            f"SELECT COUNT(*) FROM {self.tables.items} WHERE {c('job')} = ? "
+            f"AND {c('state')} IN ('claimed', 'submitted')"
+        )
+
+        def describe(identity: dict[str, str]) -> str:
+            return (f"table {identity['source_table']}, key {identity['key_column']}, "
+                    f"columns {identity['output_columns']}, pending when "
+                    f"{identity['pending_filter']}")
+
+        async def work(conn: Connection) -> list[str]:
+            problems: list[str] = []
+            rows = {str(r[0]): dict(zip(names, map(str, r[1:]), strict=True))
+                    for r in await conn.fetchall(select, [])}
+            recorded = rows.pop(job.name, None)
+            if recorded is None and record:
+                await conn.execute(insert, [job.name, *mine.values()])
+            elif recorded is not None and not self._same_identity(recorded, mine):
+                if not migrate:
+                    problems.append(
+                        f"job {job.name!r} was recorded as {describe(recorded)}; this job "
+                        f"file says {describe(mine)}. Give this job its own name, or pass "
+                        "--migrate to make this the job's identity from now on"
+                    )
+                else:
+                    busy = int((await conn.fetchall(in_flight, [job.name]))[0][0])
+                    if busy:
+                        problems.append(
+                            f"job {job.name!r}: cannot migrate to {describe(mine)} while "
+                            f"{busy} rows of its old identity are in flight; let them finish"
+                        )
+                    elif record:
+                        await conn.execute(update, [*mine.values(), job.name])
+                        log.warning("job %s: identity migrated from %s to %s",
+                                    job.name, describe(recorded), describe(mine))
+            wanted = {col.lower() for col in job.output_columns}
+            for other, identity in sorted(rows.items()):
+                if not self._same_name(identity["source_table"], mine["source_table"]):
+                    continue
+                theirs = {col.strip() for col in identity["output_columns"].split(",")}
+                shared = sorted(col for col in theirs if col.lower() in wanted)
+                if not shared:
+                    continue
+                busy = int((await conn.fetchall(in_flight, [other]))[0][0])
+                if busy:
+                    problems.append(
+                        f"job {other!r} writes the same columns ({', '.join(shared)}) of "
+                        f"{mine['source_table']} and is active ({busy} rows in flight); "
+                        f"run job {job.name!r} when it has finished"
+                    )
+            return problems
+
+        return await self._tx(work)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from decimal import Decimal
 from typing import Any
 
 import pyodbc
@@ -36,6 +37,28 @@ def connect(dsn: str) -> pyodbc.Connection:
     return conn
 
 
+def connect_utf8(dsn: str) -> pyodbc.Connection:
+    """Like connect, binding and reading text as UTF-8 everywhere, as the engine does.
+
+    MariaDB's driver mangles long text bound as UTF-16 (a 300-character key arrives cut).
+    """
+    conn = connect(dsn)
+    if "maria" in dsn.lower() or "mysql" in dsn.lower():
+        conn.setencoding(encoding="utf-8")
+        conn.setdecoding(pyodbc.SQL_CHAR, encoding="utf-8")
+        conn.setdecoding(pyodbc.SQL_WCHAR, encoding="utf-8")
+    return conn
+
+
+def fetch_utf8(dsn: str, sql: str, *params: Any) -> list[tuple[Any, ...]]:
+    """Like fetch, over connect_utf8."""
+    conn = connect_utf8(dsn)
+    try:
+        return [tuple(row) for row in conn.cursor().execute(sql, *params).fetchall()]
+    finally:
+        conn.close()
+
+
 def make_source(dialect: str, dsn: str, table: str, texts: Sequence[str | None]) -> None:
     """Create ``table`` (id, body, processed, out_name, out_tags, out_score) with rows."""
     t = TYPES[dialect]
@@ -53,6 +76,33 @@ def make_source(dialect: str, dsn: str, table: str, texts: Sequence[str | None])
             cur.executemany(
                 f"INSERT INTO {table} (id, body) VALUES (?, ?)", rows[start : start + 500]
             )
+    finally:
+        conn.close()
+
+
+def make_keyed_source(
+    dialect: str, dsn: str, table: str, key_sql: str, rows: Sequence[tuple[Any, str]],
+    *, unique: bool = True,
+) -> None:
+    """Like make_source, with the key column ``id`` of type ``key_sql`` and the given keys.
+
+    ``unique`` makes it the primary key; without it the key has no constraint at all.
+    """
+    t = TYPES[dialect]
+    suffix = " DEFAULT CHARSET=utf8mb4" if dialect == "mysql" else ""
+    conn = connect_utf8(dsn)
+    try:
+        cur = conn.cursor()
+        cur.execute(f"DROP TABLE IF EXISTS {table}")
+        cur.execute(
+            f"CREATE TABLE {table} (id {key_sql} NOT NULL{' PRIMARY KEY' if unique else ''}, "
+            f"body {t['text']}, processed {t['ts']} NULL, out_name {t['short']} NULL, "
+            f"out_tags {t['text']} NULL, out_score {t['int']} NULL){suffix}"
+        )
+        for key, text in rows:
+            if isinstance(key, int) and not -(2**63) <= key < 2**63:
+                key = Decimal(key)  # pyodbc binds wider integers only as exact numerics
+            cur.execute(f"INSERT INTO {table} (id, body) VALUES (?, ?)", key, text)
     finally:
         conn.close()
 

@@ -66,7 +66,7 @@ async def prepared(db: DbTarget, texts: list[str | None], name: str = "t") -> tu
 def cleanup(db: DbTarget) -> None:
     if db.dialect != "sqlite":
         drop(db.dsn, f"{db.prefix}src", f"{db.prefix}items", f"{db.prefix}batches",
-             f"{db.prefix}meta", f"{db.prefix}items_workers")
+             f"{db.prefix}meta", f"{db.prefix}items_workers", f"{db.prefix}meta_jobs")
 
 
 async def test_every_row_processed_once_on_every_database(

@@ -29,9 +29,10 @@ from engine.settings import StoreSettings
 from engine.store import ApplyRow, BatchRecord, RequeueRow, Store
 from engine.store.dialects import get_dialect
 from engine.store.pool import Connection
+from engine.store.schema import SCHEMA_VERSION
 from tests.conftest import DbTarget
 
-TABLES = ["items", "batches", "meta", "items_workers", "candidates"]
+TABLES = ["items", "batches", "meta", "items_workers", "meta_jobs", "candidates"]
 
 _TYPES = {
     # dialect: (text type, timestamp type, table suffix)
@@ -174,7 +175,7 @@ async def test_init_db_idempotent_and_concurrent(env: tuple[DbTarget, Store, Job
     finally:
         for s in others:
             await s.close()
-    assert await store.schema_version() == 1
+    assert await store.schema_version() == SCHEMA_VERSION
     rows = query(db.dialect, db.dsn, f"SELECT COUNT(*) FROM {db.prefix}meta")
     assert rows[0][0] == 1
 
@@ -184,7 +185,7 @@ async def test_init_db_concurrent_from_scratch(db: DbTarget) -> None:
     stores = [await Store.open(settings_for(db.dialect, db.dsn, db.prefix)) for _ in range(3)]
     try:
         await gather_all(*(s.init_db() for s in stores))
-        assert await stores[0].schema_version() == 1
+        assert await stores[0].schema_version() == SCHEMA_VERSION
     finally:
         for s in stores:
             await s.close()

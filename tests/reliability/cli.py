@@ -29,7 +29,7 @@ def _toml(value: Any) -> str:
 
 def write_job(
     directory: Path, target: DbTarget, *, source: dict[str, Any] | None = None,
-    engine: dict[str, Any] | None = None, default_timing: bool = False,
+    engine: dict[str, Any] | None = None, default_timing: bool = False, name: str = "t",
 ) -> Path:
     """Write a job file over make_source's table (overrides per [source] key) and its schema.
 
@@ -51,7 +51,7 @@ def write_job(
         settings = {"batch_size": 10, "spool_dir": str(directory / "spool")}
     settings.update(engine or {})
     lines = [
-        'name = "t"', 'model = "gpt-4o-mini"', 'endpoint = "/v1/chat/completions"', "",
+        f'name = "{name}"', 'model = "gpt-4o-mini"', 'endpoint = "/v1/chat/completions"', "",
         "[database]",
         f"dsn = {_toml(target.dsn)}",
         f'items_table = "{target.prefix}items"',

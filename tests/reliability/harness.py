@@ -101,10 +101,16 @@ def _log_table(target: DbTarget) -> str:
     return f"{target.prefix}applied"
 
 
-def install_apply_log(target: DbTarget, key_type: str = "int") -> None:
-    """Create the log table and the trigger that logs each apply to the source table."""
+def install_apply_log(
+    target: DbTarget, key_type: str = "int", key_sql: str | None = None
+) -> None:
+    """Create the log table and the trigger that logs each apply to the source table.
+
+    ``key_sql`` gives the log's key column the source key's own type (DECIMAL(38,0), a
+    collation) so every key is logged exactly.
+    """
     src, log = f"{target.prefix}src", _log_table(target)
-    kind = TYPES[target.dialect]["int" if key_type == "int" else "short"]
+    kind = key_sql or TYPES[target.dialect]["int" if key_type == "int" else "short"]
     trigger = f"{target.prefix}trg"
     conn = connect(target.dsn)
     try:
@@ -150,8 +156,8 @@ def cleanup(target: DbTarget) -> None:
     if target.dialect == "sqlite":
         return
     p = target.prefix
-    drop(target.dsn, f"{p}src", f"{p}items", f"{p}batches", f"{p}meta", f"{p}applied",
-         f"{p}items_workers")
+    drop(target.dsn, f"{p}src", f"{p}items", f"{p}batches", f"{p}meta", f"{p}meta_jobs",
+         f"{p}applied", f"{p}items_workers")
     if target.dialect == "postgresql":
         conn = connect(target.dsn)
         try:

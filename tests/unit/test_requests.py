@@ -80,12 +80,18 @@ def test_custom_id_rejects_bad_job_and_attempt() -> None:
         make_custom_id("a", "k", -1)
 
 
-def test_custom_id_over_limit_is_an_input_rejection() -> None:
-    key = "k" * MAX_CUSTOM_ID_CHARS
-    with pytest.raises(InputRejected, match="custom_id would be"):
-        make_custom_id("job", key, 0)
+def test_long_keys_get_a_hashed_custom_id_within_the_limit() -> None:
     fits = "k" * (MAX_CUSTOM_ID_CHARS - len("job|0|"))
-    assert len(make_custom_id("job", fits, 0)) == MAX_CUSTOM_ID_CHARS
+    assert make_custom_id("job", fits, 0) == f"job|0|{fits}"
+    longer = [fits + "k", "x" * 250, "x" * 250 + " ", "#short"]
+    ids = [make_custom_id("job", key, 7) for key in longer]
+    assert all(len(cid) <= MAX_CUSTOM_ID_CHARS for cid in ids)
+    assert all(cid.startswith("job|7|#") for cid in ids)
+    assert len(set(ids)) == len(ids)  # one custom_id per key, trailing space included
+    assert parse_custom_id(ids[0])[2] == 7
+    assert make_custom_id("job", "x" * 250, 7) == ids[1]  # deterministic
+    with pytest.raises(ConfigError, match="too long"):
+        make_custom_id("j" * 50, "x" * 250, 0)
 
 
 def test_custom_id_with_lone_surrogate_key_is_rejected() -> None:
