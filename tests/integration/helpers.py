@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import pyodbc
 
 from engine.job import ColumnMapping, JobSpec, SourceSpec
+from engine.requests import parse_custom_id
 
 TYPES = {
     "sqlite": {"int": "INTEGER", "text": "TEXT", "ts": "TIMESTAMP", "short": "VARCHAR(200)"},
@@ -98,3 +101,28 @@ def make_job(table: str, name: str = "t") -> JobSpec:
             ColumnMapping(field="score", column="out_score", kind="int"),
         ),
     )
+
+
+def emulator_answers(storage_dir: Path) -> dict[str, Any]:
+    """Return, per source key, the answer the emulator gave to the key's latest attempt.
+
+    Read from every output file in the emulator's storage: the value a done row must hold
+    (an earlier attempt failed, so only the latest one can have been applied). An answer that
+    is not JSON maps to None.
+    """
+    latest: dict[str, tuple[int, Any]] = {}
+    for path in storage_dir.glob("*.jsonl"):
+        for raw in path.read_bytes().splitlines():
+            line = json.loads(raw)
+            body = (line.get("response") or {}).get("body") or {}
+            if "custom_id" not in line or "choices" not in body:
+                continue  # a request line of an input file, or an error line
+            _job, key, attempt = parse_custom_id(str(line["custom_id"]))
+            content = body["choices"][0]["message"].get("content")
+            try:
+                answer = json.loads(content)
+            except (TypeError, ValueError):
+                answer = None
+            if key not in latest or attempt > latest[key][0]:
+                latest[key] = (attempt, answer)
+    return {key: answer for key, (_attempt, answer) in latest.items()}

@@ -16,7 +16,7 @@ from engine.emulator import Emulator, EmulatorConfig, FaultConfig
 from engine.engine import Engine, EngineEvent
 from engine.store import Store
 from tests.conftest import DbTarget
-from tests.integration.helpers import drop, fetch, make_job, make_source
+from tests.integration.helpers import drop, emulator_answers, fetch, make_job, make_source
 
 
 def fast_settings(tmp_path: Path, **overrides: Any) -> EngineSettings:
@@ -82,12 +82,16 @@ async def test_every_row_processed_once_on_every_database(
         assert summary.counts["done"] == 45
         assert summary.counts["pending"] == summary.counts["dead"] == 0
         assert summary.batches_applied == 5  # 45 rows in batches of 10
-        rows = fetch(db.dsn, f"SELECT id, processed, out_name, out_tags FROM {job.source.table}")
+        rows = fetch(db.dsn, f"SELECT id, processed, out_name, out_tags, out_score "
+                     f"FROM {job.source.table}")
         assert len(rows) == 45
-        for _id, processed, name, tags in rows:
+        answers = emulator_answers(emulator.storage_dir)
+        for key, processed, name, tags, score in rows:
             assert processed is not None
-            assert isinstance(name, str)
-            assert isinstance(orjson.loads(tags), list)
+            # Each row holds exactly the answer the emulator gave for it.
+            want = answers[str(key)]
+            assert (name, orjson.loads(tags), score) == (want["name"], want["tags"],
+                                                         want["score"])
         assert emulator.record.duplicate_live_custom_ids() == set()
         assert not list((tmp_path / "spool").glob("*.jsonl"))  # spool cleaned up
     finally:

@@ -5,6 +5,7 @@ DSN carries a real-looking one.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from engine.emulator import Emulator, EmulatorConfig, FaultConfig
@@ -49,9 +50,14 @@ async def test_secrets_never_leak(tmp_path: Path) -> None:
             assert outputs[0][1].code == 0, outputs[0][1].stderr[-3000:]
             # The outputs are real: they name the database host and the rows.
             assert "127.0.0.1" in outputs[3][1].stdout + outputs[3][1].stderr
-            assert "done" in outputs[2][1].stdout
-            assert "30" in outputs[2][1].stdout
-            assert outputs[-1][1].code != 0
+            # status --json shows exactly the row states the database holds, all 30 resolved.
+            held = {str(s): int(n) for s, n in fetch(
+                target.dsn, f"SELECT state, COUNT(*) FROM {target.prefix}items GROUP BY state")}
+            shown = json.loads(outputs[2][1].stdout)["rows"]
+            assert {s: n for s, n in shown.items() if n} == held
+            assert set(held) <= {"done", "dead"}, held
+            assert sum(held.values()) == 30, held
+            assert outputs[-1][1].code == 1  # the database failed: exit 1, not a crash
             for args, result in outputs:
                 assert _leaks(result.stdout + result.stderr) == [], args
             for path in tmp_path.rglob("*"):
