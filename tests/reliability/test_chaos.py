@@ -19,7 +19,7 @@ FIGURES = re.compile(
 )
 
 
-@pytest.mark.parametrize("db", ["sqlite", "postgresql"])
+@pytest.mark.parametrize("db", ["sqlite", "postgresql", "mysql"])
 async def test_chaos_small(db: str) -> None:
     if db != "sqlite":
         _target(db, PG_DSN if db == "postgresql" else MYSQL_DSN)  # skip or fail when absent

@@ -26,14 +26,14 @@ ROWS = 25
 RANDOM_KILLS = 6 if LARGE else 3
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=["sqlite", "postgresql", "mysql"])
 def crash_db(request: pytest.FixtureRequest, tmp_path: Path) -> DbTarget:
-    """SQLite and PostgreSQL, as the issue asks for the crash matrix."""
+    """SQLite, PostgreSQL and MariaDB: every database the engine runs on in CI."""
     if request.param == "sqlite":
         return DbTarget("sqlite", f"Driver=SQLite3;Database={tmp_path / 'engine.db'}", "t_")
-    from tests.conftest import PG_DSN, _target
+    from tests.conftest import MYSQL_DSN, PG_DSN, _target
 
-    return _target("postgresql", PG_DSN)
+    return _target(request.param, PG_DSN if request.param == "postgresql" else MYSQL_DSN)
 
 
 @pytest.fixture
