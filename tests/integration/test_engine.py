@@ -212,12 +212,24 @@ async def test_stop_is_graceful_and_a_new_run_finishes(
     async with Emulator(EmulatorConfig(latency_s=0.2)) as emu:
         job, store_settings = await prepared(sqlite_db, [f"text {i}" for i in range(40)])
         settings = fast_settings(tmp_path, batch_size=10, max_in_flight=2)
-        async with Engine(job, store=store_settings, api=api_for(emu), settings=settings) as eng:
+        submitted = asyncio.Event()
+
+        def on_event(event: EngineEvent) -> None:
+            if event.kind == "batch_state" and (event.state or "").startswith("submitted/"):
+                submitted.set()
+
+        async with Engine(job, store=store_settings, api=api_for(emu), settings=settings,
+                          on_event=on_event) as eng:
             task = asyncio.create_task(eng.run())
-            await asyncio.sleep(0.1)
+            # Stop once a batch is demonstrably live at the API, not after a guessed delay.
+            await asyncio.wait_for(submitted.wait(), 10)
+            live_at_stop = [b.id for b in emu.record.batches.values()
+                            if b.status not in ("completed", "failed", "expired", "cancelled")]
             eng.stop()
             summary = await asyncio.wait_for(task, 10)
         assert summary.stopped
+        assert live_at_stop
+        assert summary.counts.get("done", 0) < 40  # work was left for the next run
         async with Engine(job, store=store_settings, api=api_for(emu), settings=settings) as eng:
             final = await eng.run(until_idle=True)
         assert final.counts["done"] == 40

@@ -15,6 +15,7 @@ import math
 import os
 import signal
 import sys
+import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -254,6 +255,18 @@ async def run_until_resolved(
     raise AssertionError(f"{unresolved(target, rows)} rows unresolved after {max_rounds} runs")
 
 
+async def wait_for_submitted(target: DbTarget, batches: int, timeout_s: float = 60) -> None:
+    """Wait until this many batches of the job are live remotely (state submitted)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        rows = fetch(target.dsn, f"SELECT COUNT(*) FROM {target.prefix}batches "
+                     "WHERE state = 'submitted'")
+        if int(rows[0][0]) >= batches:
+            return
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"fewer than {batches} batches were submitted in {timeout_s}s")
+
+
 # -- the figures ----------------------------------------------------------------------------
 
 
@@ -358,4 +371,5 @@ __all__ = [
     "start_worker",
     "texts",
     "unresolved",
+    "wait_for_submitted",
 ]
