@@ -4,69 +4,29 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import orjson
 import pytest
 
-from engine import ApiSettings, EngineSettings, LifecycleError, StoreSettings
+from engine import LifecycleError
 from engine.emulator import Emulator, EmulatorConfig, FaultConfig
 from engine.engine import Engine, EngineEvent
-from engine.store import Store
-from tests.conftest import DbTarget
-from tests.integration.helpers import drop, emulator_answers, fetch, make_job, make_source
-
-
-def fast_settings(tmp_path: Path, **overrides: Any) -> EngineSettings:
-    """Settings with time removed: tiny poll intervals, short grace."""
-    base = EngineSettings(
-        batch_size=10,
-        max_in_flight=3,
-        min_check_interval_s=0.005,
-        check_interval_s=0.05,
-        lease_s=30,
-        max_attempts=3,
-        spool_dir=str(tmp_path / "spool"),
-        shutdown_grace_period_s=5,
-        token_limit_backoff_s=0.05,
-    )
-    return replace(base, **overrides)
+from tests.integration.helpers import (
+    api_for,
+    cleanup,
+    emulator_answers,
+    fast_settings,
+    fetch,
+    prepared,
+)
+from tests.support import DbTarget
 
 
 @pytest.fixture
 async def emulator() -> AsyncIterator[Emulator]:
     async with Emulator(EmulatorConfig(seed=3)) as emu:
         yield emu
-
-
-def api_for(emu: Emulator) -> ApiSettings:
-    return ApiSettings(api_key="sk-test-engine", base_url=emu.base_url, timeout_s=30)
-
-
-async def prepared(db: DbTarget, texts: list[str | None], name: str = "t") -> tuple[Any, Any]:
-    """Create the source table and the engine's tables; return (job, store settings)."""
-    table = f"{db.prefix}src"
-    make_source(db.dialect, db.dsn, table, texts)
-    store_settings = StoreSettings(
-        dsn=db.dsn,
-        items_table=f"{db.prefix}items",
-        batches_table=f"{db.prefix}batches",
-        meta_table=f"{db.prefix}meta",
-    )
-    store = await Store.open(store_settings)
-    try:
-        await store.init_db()
-    finally:
-        await store.close()
-    return make_job(table, name), store_settings
-
-
-def cleanup(db: DbTarget) -> None:
-    if db.dialect != "sqlite":
-        drop(db.dsn, f"{db.prefix}src", f"{db.prefix}items", f"{db.prefix}batches",
-             f"{db.prefix}meta", f"{db.prefix}items_workers")
 
 
 async def test_every_row_processed_once_on_every_database(

@@ -22,7 +22,7 @@ from engine.resumes_data import (
     table_ddl,
 )
 from engine.store.dialects import detect_dialect
-from tests.conftest import DbTarget
+from tests.support import DbTarget
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "make_resumes.py"

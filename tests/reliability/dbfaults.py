@@ -15,9 +15,9 @@ import uuid
 from pathlib import Path
 
 from engine.emulator import Emulator, EmulatorConfig
-from tests.conftest import DbTarget
 from tests.integration.helpers import connect
 from tests.reliability import harness
+from tests.support import DbTarget
 
 ROWS = 400
 

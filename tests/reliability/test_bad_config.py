@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 
 from engine.emulator import Emulator, EmulatorConfig
-from tests.conftest import DbTarget
 from tests.integration.helpers import fetch
 from tests.reliability import harness
 from tests.reliability.cli import CliResult, cli, write_job
+from tests.support import DbTarget
 
 ROWS = 12
 KEY = "sk-right-key-0123456789"

@@ -18,10 +18,9 @@ from engine.emulator import Emulator, EmulatorConfig, FaultConfig
 from engine.engine import Engine, RunSummary
 from engine.job import ColumnMapping, JobSpec
 from engine.store import Store
-from tests.conftest import DbTarget
-from tests.integration.helpers import SCHEMA, TYPES, connect, emulator_answers, fetch
-from tests.integration.test_engine import fast_settings
+from tests.integration.helpers import SCHEMA, TYPES, connect, emulator_answers, fast_settings, fetch
 from tests.reliability import harness
+from tests.support import DbTarget
 
 HOSTILE = (
     'He said "}]}\'); DROP TABLE src; -- {body} {0} {{name}} %s \\u0000 '

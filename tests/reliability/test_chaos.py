@@ -11,8 +11,8 @@ import re
 
 import pytest
 
-from tests.conftest import MYSQL_DSN, PG_DSN, _target
 from tests.reliability.harness import PYTHON, REPO
+from tests.support import MYSQL_DSN, PG_DSN, _target
 
 FIGURES = re.compile(
     r"^rows=(\d+) done=(\d+) dead=(\d+) lost=0 double_applied=0 duplicate_live=0 restarts=\d+$"

@@ -17,10 +17,10 @@ from pathlib import Path
 import pytest
 
 from engine.emulator import Emulator, EmulatorConfig
-from tests.conftest import DbTarget
 from tests.integration.helpers import fetch
 from tests.reliability import harness
 from tests.reliability.cli import cli, start_cli, write_job
+from tests.support import DbTarget
 
 ROWS = 40  # 4 batches of 10
 KEY = "sk-test-graceful-stop"

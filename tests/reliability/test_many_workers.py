@@ -12,9 +12,9 @@ import os
 from pathlib import Path
 
 from engine.emulator import Emulator, EmulatorConfig
-from tests.conftest import DbTarget
 from tests.integration.helpers import fetch
 from tests.reliability import harness
+from tests.support import DbTarget
 
 # The 5,000 rows by default; RELIABILITY_ROWS makes a quicker or larger run.
 ROWS = int(os.environ.get("RELIABILITY_ROWS", "5000"))

@@ -9,10 +9,10 @@ import json
 from pathlib import Path
 
 from engine.emulator import Emulator, EmulatorConfig, FaultConfig
-from tests.conftest import PG_DSN, _target
 from tests.integration.helpers import fetch
 from tests.reliability import harness
 from tests.reliability.cli import cli, write_job
+from tests.support import PG_DSN, _target
 
 API_KEY = "sk-proj-SECRETKEY0123456789abcdefXYZ"
 PASSWORD = "SECRETVALUE"
