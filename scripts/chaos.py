@@ -34,8 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from engine import faults
 from engine.emulator import Emulator, EmulatorConfig, FaultConfig
-from tests.conftest import MYSQL_DSN, PG_DSN, DbTarget
 from tests.reliability import harness
+from tests.support import MYSQL_DSN, PG_DSN, DbTarget
 
 
 @dataclass(frozen=True)

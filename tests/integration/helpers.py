@@ -1,14 +1,23 @@
-"""Test helpers: a small source table on any live database, filled and inspected with pyodbc."""
+"""Test helpers: a small source table on any live database, the engine and store settings the
+tests share, and the emulator's answers read back."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
+from dataclasses import replace
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import pyodbc
 
+from engine import ApiSettings, EngineSettings, StoreSettings
+from engine.emulator import Emulator
 from engine.job import ColumnMapping, JobSpec, SourceSpec
+from engine.requests import parse_custom_id
+from engine.store import Store
+from tests.support import DbTarget
 
 TYPES = {
     "sqlite": {"int": "INTEGER", "text": "TEXT", "ts": "TIMESTAMP", "short": "VARCHAR(200)"},
@@ -146,5 +155,111 @@ def make_job(table: str, name: str = "t") -> JobSpec:
             ColumnMapping(field="name", column="out_name", max_length=200),
             ColumnMapping(field="tags", column="out_tags", kind="json"),
             ColumnMapping(field="score", column="out_score", kind="int"),
+        ),
+    )
+
+
+def emulator_answers(storage_dir: Path) -> dict[str, Any]:
+    """Return, per source key, the answer the emulator gave to the key's latest attempt.
+
+    Read from every output file in the emulator's storage: the value a done row must hold
+    (an earlier attempt failed, so only the latest one can have been applied). An answer that
+    is not JSON maps to None.
+    """
+    latest: dict[str, tuple[int, Any]] = {}
+    for path in storage_dir.glob("*.jsonl"):
+        for raw in path.read_bytes().splitlines():
+            line = json.loads(raw)
+            body = (line.get("response") or {}).get("body") or {}
+            if "custom_id" not in line or "choices" not in body:
+                continue  # a request line of an input file, or an error line
+            _job, key, attempt = parse_custom_id(str(line["custom_id"]))
+            content = body["choices"][0]["message"].get("content")
+            try:
+                answer = json.loads(content)
+            except (TypeError, ValueError):
+                answer = None
+            if key not in latest or attempt > latest[key][0]:
+                latest[key] = (attempt, answer)
+    return {key: answer for key, (_attempt, answer) in latest.items()}
+
+
+def fast_settings(tmp_path: Path, **overrides: Any) -> EngineSettings:
+    """Settings with time removed: tiny poll intervals, short grace."""
+    base = EngineSettings(
+        batch_size=10,
+        max_in_flight=3,
+        min_check_interval_s=0.005,
+        check_interval_s=0.05,
+        lease_s=30,
+        max_attempts=3,
+        spool_dir=str(tmp_path / "spool"),
+        shutdown_grace_period_s=5,
+        token_limit_backoff_s=0.05,
+    )
+    return replace(base, **overrides)
+
+
+def api_for(emu: Emulator) -> ApiSettings:
+    return ApiSettings(api_key="sk-test-engine", base_url=emu.base_url, timeout_s=30)
+
+
+async def prepared(db: DbTarget, texts: list[str | None], name: str = "t") -> tuple[Any, Any]:
+    """Create the source table and the engine's tables; return (job, store settings)."""
+    table = f"{db.prefix}src"
+    make_source(db.dialect, db.dsn, table, texts)
+    store_settings = StoreSettings(
+        dsn=db.dsn,
+        items_table=f"{db.prefix}items",
+        batches_table=f"{db.prefix}batches",
+        meta_table=f"{db.prefix}meta",
+    )
+    store = await Store.open(store_settings)
+    try:
+        await store.init_db()
+    finally:
+        await store.close()
+    return make_job(table, name), store_settings
+
+
+def cleanup(db: DbTarget) -> None:
+    """Drop a test's tables on a server database (SQLite's file goes with tmp_path)."""
+    if db.dialect != "sqlite":
+        drop(db.dsn, f"{db.prefix}src", f"{db.prefix}items", f"{db.prefix}batches",
+             f"{db.prefix}meta", f"{db.prefix}items_workers", f"{db.prefix}meta_jobs")
+
+
+def settings_for(
+    dialect: str, dsn: str, prefix: str, pool_size: int = 3, **overrides: Any
+) -> StoreSettings:
+    """Store settings with per-test table names (overrides: query_timeout_s, outage_s, ...)."""
+    values: dict[str, Any] = {"query_timeout_s": 30, **overrides}
+    return StoreSettings(
+        dsn=dsn,
+        dialect=dialect,  # type: ignore[arg-type]
+        pool_size=pool_size,
+        items_table=f"{prefix}items",
+        batches_table=f"{prefix}batches",
+        meta_table=f"{prefix}meta",
+        **values,
+    )
+
+
+def job_for(prefix: str, name: str = "cands") -> JobSpec:
+    """A job over the candidates-shaped source."""
+    return JobSpec(
+        name=name,
+        source=SourceSpec(
+            table=f"{prefix}candidates",
+            key_column="userid",
+            text_columns=("resume_text",),
+            processed_column="LastProcessed",
+        ),
+        model="gpt-4o-mini",
+        output_schema={"type": "object"},
+        columns=(
+            ColumnMapping(field="name", column="name"),
+            ColumnMapping(field="years", column="years", kind="int"),
+            ColumnMapping(field="score", column="score", kind="float"),
         ),
     )

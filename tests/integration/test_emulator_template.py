@@ -6,9 +6,8 @@ from pathlib import Path
 
 from engine.emulator import Emulator, EmulatorConfig, FaultConfig
 from engine.engine import Engine
-from tests.conftest import DbTarget
-from tests.integration.helpers import fetch
-from tests.integration.test_engine import api_for, fast_settings, prepared
+from tests.integration.helpers import api_for, fast_settings, fetch, prepared
+from tests.support import DbTarget
 
 
 async def test_engine_applies_every_templated_answer(sqlite_db: DbTarget, tmp_path: Path) -> None:

@@ -4,69 +4,29 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import orjson
 import pytest
 
-from engine import ApiSettings, EngineSettings, LifecycleError, StoreSettings
+from engine import LifecycleError
 from engine.emulator import Emulator, EmulatorConfig, FaultConfig
 from engine.engine import Engine, EngineEvent
-from engine.store import Store
-from tests.conftest import DbTarget
-from tests.integration.helpers import drop, fetch, make_job, make_source
-
-
-def fast_settings(tmp_path: Path, **overrides: Any) -> EngineSettings:
-    """Settings with time removed: tiny poll intervals, short grace."""
-    base = EngineSettings(
-        batch_size=10,
-        max_in_flight=3,
-        min_check_interval_s=0.005,
-        check_interval_s=0.05,
-        lease_s=30,
-        max_attempts=3,
-        spool_dir=str(tmp_path / "spool"),
-        shutdown_grace_period_s=5,
-        token_limit_backoff_s=0.05,
-    )
-    return replace(base, **overrides)
+from tests.integration.helpers import (
+    api_for,
+    cleanup,
+    emulator_answers,
+    fast_settings,
+    fetch,
+    prepared,
+)
+from tests.support import DbTarget
 
 
 @pytest.fixture
 async def emulator() -> AsyncIterator[Emulator]:
     async with Emulator(EmulatorConfig(seed=3)) as emu:
         yield emu
-
-
-def api_for(emu: Emulator) -> ApiSettings:
-    return ApiSettings(api_key="sk-test-engine", base_url=emu.base_url, timeout_s=30)
-
-
-async def prepared(db: DbTarget, texts: list[str | None], name: str = "t") -> tuple[Any, Any]:
-    """Create the source table and the engine's tables; return (job, store settings)."""
-    table = f"{db.prefix}src"
-    make_source(db.dialect, db.dsn, table, texts)
-    store_settings = StoreSettings(
-        dsn=db.dsn,
-        items_table=f"{db.prefix}items",
-        batches_table=f"{db.prefix}batches",
-        meta_table=f"{db.prefix}meta",
-    )
-    store = await Store.open(store_settings)
-    try:
-        await store.init_db()
-    finally:
-        await store.close()
-    return make_job(table, name), store_settings
-
-
-def cleanup(db: DbTarget) -> None:
-    if db.dialect != "sqlite":
-        drop(db.dsn, f"{db.prefix}src", f"{db.prefix}items", f"{db.prefix}batches",
-             f"{db.prefix}meta", f"{db.prefix}items_workers", f"{db.prefix}meta_jobs")
 
 
 async def test_every_row_processed_once_on_every_database(
@@ -82,12 +42,16 @@ async def test_every_row_processed_once_on_every_database(
         assert summary.counts["done"] == 45
         assert summary.counts["pending"] == summary.counts["dead"] == 0
         assert summary.batches_applied == 5  # 45 rows in batches of 10
-        rows = fetch(db.dsn, f"SELECT id, processed, out_name, out_tags FROM {job.source.table}")
+        rows = fetch(db.dsn, f"SELECT id, processed, out_name, out_tags, out_score "
+                     f"FROM {job.source.table}")
         assert len(rows) == 45
-        for _id, processed, name, tags in rows:
+        answers = emulator_answers(emulator.storage_dir)
+        for key, processed, name, tags, score in rows:
             assert processed is not None
-            assert isinstance(name, str)
-            assert isinstance(orjson.loads(tags), list)
+            # Each row holds exactly the answer the emulator gave for it.
+            want = answers[str(key)]
+            assert (name, orjson.loads(tags), score) == (want["name"], want["tags"],
+                                                         want["score"])
         assert emulator.record.duplicate_live_custom_ids() == set()
         assert not list((tmp_path / "spool").glob("*.jsonl"))  # spool cleaned up
     finally:
@@ -208,12 +172,24 @@ async def test_stop_is_graceful_and_a_new_run_finishes(
     async with Emulator(EmulatorConfig(latency_s=0.2)) as emu:
         job, store_settings = await prepared(sqlite_db, [f"text {i}" for i in range(40)])
         settings = fast_settings(tmp_path, batch_size=10, max_in_flight=2)
-        async with Engine(job, store=store_settings, api=api_for(emu), settings=settings) as eng:
+        submitted = asyncio.Event()
+
+        def on_event(event: EngineEvent) -> None:
+            if event.kind == "batch_state" and (event.state or "").startswith("submitted/"):
+                submitted.set()
+
+        async with Engine(job, store=store_settings, api=api_for(emu), settings=settings,
+                          on_event=on_event) as eng:
             task = asyncio.create_task(eng.run())
-            await asyncio.sleep(0.1)
+            # Stop once a batch is demonstrably live at the API, not after a guessed delay.
+            await asyncio.wait_for(submitted.wait(), 10)
+            live_at_stop = [b.id for b in emu.record.batches.values()
+                            if b.status not in ("completed", "failed", "expired", "cancelled")]
             eng.stop()
             summary = await asyncio.wait_for(task, 10)
         assert summary.stopped
+        assert live_at_stop
+        assert summary.counts.get("done", 0) < 40  # work was left for the next run
         async with Engine(job, store=store_settings, api=api_for(emu), settings=settings) as eng:
             final = await eng.run(until_idle=True)
         assert final.counts["done"] == 40

@@ -22,7 +22,7 @@ from engine.resumes_data import (
     table_ddl,
 )
 from engine.store.dialects import detect_dialect
-from tests.conftest import DbTarget
+from tests.support import DbTarget
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "make_resumes.py"
@@ -141,13 +141,11 @@ def test_script_help_and_usage_errors() -> None:
     assert "hunter2" not in bad.stderr + bad.stdout
 
 
-def test_script_on_sqlite_is_deterministic_and_fast(tmp_path: Path) -> None:
+def test_script_on_sqlite_is_deterministic(tmp_path: Path) -> None:
+    # How long filling takes is scripts/bench_parts.py's "resumes" figure, against a baseline.
     one, two, other = tmp_path / "one.db", tmp_path / "two.db", tmp_path / "other.db"
-    done = run_script("--rows", "10000", "--db", str(one), "--seed", "9")
+    done = run_script("--rows", "1000", "--db", str(one), "--seed", "9")
     assert done.returncode == 0, done.stderr
-    seconds = float(done.stdout.rsplit(" in ", 1)[1].rstrip("s\n"))
-    print(f"10,000 rows on SQLite: {seconds:.2f}s")
-    assert seconds < 15
     assert run_script("--rows", "300", "--db", str(two), "--seed", "9").returncode == 0
     assert run_script("--rows", "300", "--db", str(other), "--seed", "10").returncode == 0
 
@@ -165,7 +163,7 @@ def test_script_on_sqlite_is_deterministic_and_fast(tmp_path: Path) -> None:
             conn.close()
 
     assert dump(one, 300) == dump(two, 300)
-    assert len(dump(one, 10_000)) == 10_000
+    assert len(dump(one, 1000)) == 1000
     assert dump(one, 300) != dump(other, 300)
 
 

@@ -26,8 +26,8 @@ from engine.emulator import Emulator, EmulatorConfig, FaultConfig
 from engine.engine import Engine
 from engine.store import Store
 from engine.store.pool import Connection, Pool
-from tests.conftest import DbTarget
-from tests.integration.test_engine import api_for, cleanup, fast_settings, prepared
+from tests.integration.helpers import api_for, cleanup, fast_settings, prepared
+from tests.support import DbTarget
 
 IN_TRANSACTION: contextvars.ContextVar[bool] = contextvars.ContextVar("in_tx", default=False)
 # The connection this task holds from Pool.acquire on a dialect without autocommit.

@@ -27,9 +27,8 @@ from engine.engine import Engine, EngineEvent, estimate_batch_cost
 from engine.metrics import Metrics
 from engine.progress import Progress, take_snapshot
 from engine.resumes_data import fill_database
-from tests.conftest import DbTarget
-from tests.integration.helpers import fetch
-from tests.integration.test_engine import api_for, cleanup, fast_settings, prepared
+from tests.integration.helpers import api_for, cleanup, fast_settings, fetch, prepared
+from tests.support import DbTarget
 
 ROOT = Path(__file__).resolve().parents[2]
 KEY = "sk-operator-SECRETKEY-1234567890"

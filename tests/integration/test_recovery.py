@@ -10,8 +10,8 @@ import pytest
 from engine import faults
 from engine.emulator import Emulator, EmulatorConfig
 from engine.engine import Engine
-from tests.conftest import DbTarget
-from tests.integration.test_engine import api_for, cleanup, fast_settings, prepared
+from tests.integration.helpers import api_for, cleanup, fast_settings, prepared
+from tests.support import DbTarget
 
 
 @pytest.fixture(autouse=True)

@@ -24,13 +24,14 @@ from engine.errors import (
     StoreError,
     TransientStoreError,
 )
-from engine.job import ColumnMapping, JobSpec, SourceSpec
+from engine.job import JobSpec, SourceSpec
 from engine.settings import StoreSettings
 from engine.store import ApplyRow, BatchRecord, RequeueRow, Store
 from engine.store.dialects import get_dialect
 from engine.store.pool import Connection
 from engine.store.schema import SCHEMA_VERSION
-from tests.conftest import DbTarget
+from tests.integration.helpers import job_for, settings_for
+from tests.support import DbTarget
 
 TABLES = ["items", "batches", "meta", "items_workers", "meta_jobs", "candidates"]
 
@@ -114,42 +115,6 @@ def drop_tables(dialect: str, dsn: str, prefix: str, names: list[str]) -> None:
                 cur.execute(f"DROP TABLE {prefix}{name}")
     finally:
         conn.close()
-
-
-def settings_for(
-    dialect: str, dsn: str, prefix: str, pool_size: int = 3, **overrides: Any
-) -> StoreSettings:
-    """Store settings with per-test table names (overrides: query_timeout_s, outage_s, ...)."""
-    values: dict[str, Any] = {"query_timeout_s": 30, **overrides}
-    return StoreSettings(
-        dsn=dsn,
-        dialect=dialect,  # type: ignore[arg-type]
-        pool_size=pool_size,
-        items_table=f"{prefix}items",
-        batches_table=f"{prefix}batches",
-        meta_table=f"{prefix}meta",
-        **values,
-    )
-
-
-def job_for(prefix: str, name: str = "cands") -> JobSpec:
-    """A job over the candidates-shaped source."""
-    return JobSpec(
-        name=name,
-        source=SourceSpec(
-            table=f"{prefix}candidates",
-            key_column="userid",
-            text_columns=("resume_text",),
-            processed_column="LastProcessed",
-        ),
-        model="gpt-4o-mini",
-        output_schema={"type": "object"},
-        columns=(
-            ColumnMapping(field="name", column="name"),
-            ColumnMapping(field="years", column="years", kind="int"),
-            ColumnMapping(field="score", column="score", kind="float"),
-        ),
-    )
 
 
 @pytest.fixture
@@ -243,7 +208,7 @@ import asyncio, json, sys
 sys.path.insert(0, sys.argv[1])
 from engine.settings import StoreSettings
 from engine.store import Store
-from tests.integration.test_store import job_for, settings_for
+from tests.integration.helpers import job_for, settings_for
 
 async def main():
     dialect, dsn, prefix = sys.argv[2], sys.argv[3], sys.argv[4]

@@ -9,9 +9,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import DbTarget
 from tests.integration.helpers import SCHEMA
 from tests.reliability.harness import PYTHON, REPO
+from tests.support import DbTarget
 
 
 @dataclass

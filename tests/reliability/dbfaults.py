@@ -18,9 +18,9 @@ from typing import Any
 
 from engine.emulator import Emulator, EmulatorConfig
 from engine.store.pool import Connection
-from tests.conftest import DbTarget
 from tests.integration.helpers import connect
 from tests.reliability import harness
+from tests.support import DbTarget
 
 ROWS = 400
 

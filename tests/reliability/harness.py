@@ -15,16 +15,21 @@ import math
 import os
 import signal
 import sys
+import time
 from collections import Counter
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from engine import ApiSettings
+from engine.batch_api import BatchApi
 from engine.emulator import Emulator
 from engine.store import Store
-from tests.conftest import DbTarget
 from tests.integration.helpers import TYPES, connect, drop, fetch, make_source
 from tests.reliability.worker import job_for, store_settings
+from tests.support import DbTarget
 
 REPO = Path(__file__).resolve().parents[2]
 PYTHON = sys.executable
@@ -92,6 +97,14 @@ def fast(spool_dir: Path, **overrides: Any) -> dict[str, Any]:
     }
     settings.update(overrides)
     return settings
+
+
+@asynccontextmanager
+async def fast_api(emu: Emulator) -> AsyncIterator[BatchApi]:
+    """A BatchApi whose retries wait milliseconds, not seconds (Retry-After still rules)."""
+    settings = ApiSettings(api_key="sk-test-faults", base_url=emu.base_url, timeout_s=10)
+    async with BatchApi(settings, retry_initial_s=0.01, retry_max_s=0.05) as api:
+        yield api
 
 
 # -- database set-up ----------------------------------------------------------------------
@@ -262,6 +275,18 @@ async def run_until_resolved(
     raise AssertionError(f"{unresolved(target, rows)} rows unresolved after {max_rounds} runs")
 
 
+async def wait_for_submitted(target: DbTarget, batches: int, timeout_s: float = 60) -> None:
+    """Wait until this many batches of the job are live remotely (state submitted)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        rows = fetch(target.dsn, f"SELECT COUNT(*) FROM {target.prefix}batches "
+                     "WHERE state = 'submitted'")
+        if int(rows[0][0]) >= batches:
+            return
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"fewer than {batches} batches were submitted in {timeout_s}s")
+
+
 # -- the figures ----------------------------------------------------------------------------
 
 
@@ -354,6 +379,7 @@ __all__ = [
     "double_billed",
     "duplicate_live_keys",
     "fast",
+    "fast_api",
     "finish",
     "install_apply_log",
     "job_for",
@@ -366,4 +392,5 @@ __all__ = [
     "start_worker",
     "texts",
     "unresolved",
+    "wait_for_submitted",
 ]

@@ -9,21 +9,18 @@ from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import openai
 
-from engine import ApiSettings, EngineSettings
-from engine.batch_api import BatchApi
+from engine import EngineSettings
 from engine.emulator import Emulator, EmulatorConfig, FaultConfig
 from engine.engine import Engine, RunSummary
-from tests.conftest import DbTarget
-from tests.integration.helpers import fetch
-from tests.integration.test_engine import fast_settings
+from tests.integration.helpers import fast_settings, fetch
 from tests.reliability import harness
+from tests.reliability.harness import fast_api
+from tests.support import DbTarget
 
 
 def attempt_mismatches(target: DbTarget, emu: Emulator, max_attempts: int) -> list[str]:
@@ -51,14 +48,6 @@ def attempt_mismatches(target: DbTarget, emu: Emulator, max_attempts: int) -> li
         if got != expected:
             wrong.append(f"{key}: {state} with attempts={attempts}, sent {sorted(got)}")
     return wrong
-
-
-@asynccontextmanager
-async def fast_api(emu: Emulator) -> AsyncIterator[BatchApi]:
-    """A BatchApi whose retries wait milliseconds, not seconds (Retry-After still rules)."""
-    settings = ApiSettings(api_key="sk-test-faults", base_url=emu.base_url, timeout_s=10)
-    async with BatchApi(settings, retry_initial_s=0.01, retry_max_s=0.05) as api:
-        yield api
 
 
 async def run_engine(

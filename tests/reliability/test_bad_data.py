@@ -11,16 +11,16 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from jsonschema import Draft202012Validator
 
 from engine import ApiSettings, EngineSettings
 from engine.emulator import Emulator, EmulatorConfig, FaultConfig
 from engine.engine import Engine, RunSummary
 from engine.job import ColumnMapping, JobSpec
 from engine.store import Store
-from tests.conftest import DbTarget
-from tests.integration.helpers import SCHEMA, TYPES, connect, fetch
-from tests.integration.test_engine import fast_settings
+from tests.integration.helpers import SCHEMA, TYPES, connect, emulator_answers, fast_settings, fetch
 from tests.reliability import harness
+from tests.support import DbTarget
 
 HOSTILE = (
     'He said "}]}\'); DROP TABLE src; -- {body} {0} {{name}} %s \\u0000 '
@@ -104,11 +104,22 @@ async def test_answers_that_break_the_schema_or_types(
         summary = await _run(sqlite_db, emu, job, fast_settings(tmp_path, max_attempts=2))
         figures = harness.measure(sqlite_db, emu, 0)
         assert figures.problems() == [], figures
-        assert summary.counts["dead"] > 0
-        for tags, score in fetch(sqlite_db.dsn, f"SELECT out_tags, out_score FROM "
-                                 f"{sqlite_db.prefix}src WHERE processed IS NOT NULL"):
-            assert isinstance(orjson.loads(tags), list)
-            assert score is None or isinstance(score, int)
+        # A done row holds exactly the answer to its last attempt (the broken ones before it
+        # were refused, never written); a row is dead exactly when that answer was broken too.
+        answers = emulator_answers(emu.storage_dir)
+        validator = Draft202012Validator(SCHEMA)
+        broken = {k for k, a in answers.items() if a is None or not validator.is_valid(a)}
+        dead = {str(r[0]) for r in fetch(sqlite_db.dsn, f"SELECT source_key FROM "
+                                         f"{sqlite_db.prefix}items WHERE state = 'dead'")}
+        assert dead == broken != set()
+        assert summary.counts["dead"] == len(dead)
+        for key, name, tags, score in fetch(
+            sqlite_db.dsn, f"SELECT id, out_name, out_tags, out_score FROM "
+            f"{sqlite_db.prefix}src WHERE processed IS NOT NULL"
+        ):
+            want = answers[str(key)]
+            assert (name, orjson.loads(tags), score) == (want["name"], want["tags"],
+                                                         want["score"])
 
 
 KEYS = ["a'b", 'dq"x', "pipe|key", "back\\slash", "semi;-- x", "ünï", "  spaced  ", "1e3"]

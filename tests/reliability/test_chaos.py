@@ -11,15 +11,16 @@ import re
 
 import pytest
 
-from tests.conftest import MYSQL_DSN, PG_DSN, _target
 from tests.reliability.harness import PYTHON, REPO
+from tests.support import MYSQL_DSN, PG_DSN, _target
 
+BLANK_ROWS = 9  # NULL or blank among scripts/chaos.py's 300 small-size rows with seed 1
 FIGURES = re.compile(
     r"^rows=(\d+) done=(\d+) dead=(\d+) lost=0 double_applied=0 duplicate_live=0 restarts=\d+$"
 )
 
 
-@pytest.mark.parametrize("db", ["sqlite", "postgresql"])
+@pytest.mark.parametrize("db", ["sqlite", "postgresql", "mysql"])
 async def test_chaos_small(db: str) -> None:
     if db != "sqlite":
         _target(db, PG_DSN if db == "postgresql" else MYSQL_DSN)  # skip or fail when absent
@@ -39,5 +40,7 @@ async def test_chaos_small(db: str) -> None:
     assert found, last
     rows, done, dead = (int(x) for x in found.groups())
     assert rows == done + dead == 300
-    assert dead > 0  # the NULL and blank rows
+    # At least the NULL and blank rows of the default seed (a row killed by faults in all six
+    # attempts is possible, though about one in a thousand runs).
+    assert dead >= BLANK_ROWS
 

@@ -17,8 +17,8 @@ import pytest
 
 from engine import faults
 from engine.emulator import Emulator, EmulatorConfig
-from tests.conftest import DbTarget
 from tests.reliability import harness
+from tests.support import DbTarget
 
 # RELIABILITY_SIZE=large kills more often and runs more rows (documented in the report).
 LARGE = os.environ.get("RELIABILITY_SIZE") == "large"
@@ -26,14 +26,14 @@ ROWS = 25
 RANDOM_KILLS = 6 if LARGE else 3
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=["sqlite", "postgresql", "mysql"])
 def crash_db(request: pytest.FixtureRequest, tmp_path: Path) -> DbTarget:
-    """SQLite and PostgreSQL, as the issue asks for the crash matrix."""
+    """SQLite, PostgreSQL and MariaDB: every database the engine runs on in CI."""
     if request.param == "sqlite":
         return DbTarget("sqlite", f"Driver=SQLite3;Database={tmp_path / 'engine.db'}", "t_")
-    from tests.conftest import PG_DSN, _target
+    from tests.support import MYSQL_DSN, PG_DSN, _target
 
-    return _target("postgresql", PG_DSN)
+    return _target(request.param, PG_DSN if request.param == "postgresql" else MYSQL_DSN)
 
 
 @pytest.fixture

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import DbTarget
 from tests.reliability import dbfaults
+from tests.support import DbTarget
 
 
 async def test_connections_killed_mid_run(server_db: DbTarget, tmp_path: Path) -> None:

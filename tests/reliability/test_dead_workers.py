@@ -19,25 +19,13 @@ from pathlib import Path
 import pytest
 
 from engine.emulator import Emulator, EmulatorConfig
-from tests.conftest import DbTarget
 from tests.integration.helpers import fetch
 from tests.reliability import harness
 from tests.reliability.cli import cli, start_cli, write_job
+from tests.support import DbTarget
 
 ROWS = 60
 KEY = "sk-test-dead-workers"
-
-
-async def _wait_for_submitted(target: DbTarget, batches: int, timeout_s: float = 60) -> None:
-    """Wait until this many batches of the job are live remotely (state submitted)."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        rows = fetch(target.dsn, f"SELECT COUNT(*) FROM {target.prefix}batches "
-                     "WHERE state = 'submitted'")
-        if int(rows[0][0]) >= batches:
-            return
-        await asyncio.sleep(0.2)
-    raise AssertionError(f"fewer than {batches} batches were submitted in {timeout_s}s")
 
 
 @pytest.mark.timeout(400)
@@ -53,7 +41,7 @@ async def test_sigkill_then_until_idle_finishes_with_default_settings(
             workers = [await start_cli("run", "--job", str(job), "--progress", "none",
                                        env=env) for _ in range(3)]
             try:
-                await _wait_for_submitted(db, 4)
+                await harness.wait_for_submitted(db, 4)
             finally:
                 for proc in workers:
                     with contextlib.suppress(ProcessLookupError):
@@ -88,7 +76,7 @@ async def test_until_idle_beside_a_live_worker_names_it(db: DbTarget, tmp_path: 
             live = await start_cli("run", "--job", str(job), "--progress", "none",
                                    "--worker-id", "live-one", env=env)
             try:
-                await _wait_for_submitted(db, 4)
+                await harness.wait_for_submitted(db, 4)
                 result = await cli("run", "--job", str(job), "--until-idle", "--progress",
                                    "none", "--worker-id", "second", env=env, timeout_s=120)
                 assert result.code == 0, result.stderr[-3000:]

@@ -28,10 +28,10 @@ import pytest
 from engine import ApiSettings, ConfigError
 from engine.batch_api import BatchApi
 from engine.emulator import Emulator, EmulatorConfig, FaultConfig
-from tests.conftest import DbTarget
 from tests.integration.helpers import fetch
 from tests.reliability import harness
 from tests.reliability.cli import start_cli, write_job
+from tests.support import DbTarget
 
 KEY = "sk-test-guarantee-gaps"
 _TALLY = re.compile(r"batch (\S+): (\d+) applied, (\d+) requeued, (\d+) dead, (\d+) stale")

@@ -20,12 +20,12 @@ import pytest
 
 from engine.emulator import Emulator, EmulatorConfig
 from engine.store import ApplyRow, BatchRecord, Store
-from tests.conftest import DbTarget
 from tests.integration.helpers import connect_utf8 as connect
 from tests.integration.helpers import drop, make_keyed_source
 from tests.integration.helpers import fetch_utf8 as fetch
 from tests.reliability import harness
 from tests.reliability.cli import CliResult, cli, write_job
+from tests.support import DbTarget
 
 KEY = "sk-keys-test-0123456789"
 LONG_A = "x" * 249 + "a"  # 250 characters: a custom_id of job|attempt|key would not fit

@@ -29,9 +29,9 @@ from engine import ApiSettings, EngineSettings
 from engine.emulator import Emulator, EmulatorConfig
 from engine.engine import Engine, RunSummary
 from engine.writer import Writer
-from tests.conftest import DbTarget
 from tests.integration.helpers import connect, fetch
 from tests.reliability import dbfaults, harness
+from tests.support import DbTarget
 
 ROWS = 60
 KEY = "sk-no-single-ok-0123456789"

@@ -27,10 +27,10 @@ from engine.engine import ADOPT_STATES, Engine
 from engine.results import Failure, MalformedLineError, ResultParser
 from engine.store import BatchRecord, Store
 from engine.writer import APPLY_FAILURES_TO_QUARANTINE, Writer
-from tests.conftest import DbTarget
 from tests.integration.helpers import fetch, make_job
 from tests.reliability import harness
 from tests.reliability.cli import cli, write_job
+from tests.support import DbTarget
 
 ROWS = 30
 POISONED = (4, 17, 23)  # 1-based ids whose answer is nested 10,000 deep

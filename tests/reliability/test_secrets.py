@@ -7,15 +7,16 @@ DSN carries a real-looking one, written in each form ODBC allows: plain, brace-q
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 
 import pytest
 
 from engine.emulator import Emulator, EmulatorConfig, FaultConfig
-from tests.conftest import PG_DSN, _target
 from tests.integration.helpers import fetch
 from tests.reliability import harness
 from tests.reliability.cli import CliResult, cli, write_job
+from tests.support import PG_DSN, _target
 
 API_KEY = "sk-proj-SECRETKEY0123456789abcdefXYZ"
 # (the value written after Pwd=, the pieces of it that must never be seen)
@@ -77,9 +78,14 @@ async def test_secrets_never_leak(tmp_path: Path, form: str) -> None:
             # The outputs are real: they name the database host, the rows, the DSN's attributes.
             assert "127.0.0.1" in outputs[4][1].stdout + outputs[4][1].stderr
             assert "database: Driver={PostgreSQL Unicode}" in outputs[1][1].stderr
-            assert "done" in outputs[3][1].stdout
-            assert "30" in outputs[3][1].stdout
-            assert outputs[-4][1].code != 0
+            # status --json shows exactly the row states the database holds, all 30 resolved.
+            held = {str(s): int(n) for s, n in fetch(
+                target.dsn, f"SELECT state, COUNT(*) FROM {target.prefix}items GROUP BY state")}
+            shown = json.loads(outputs[3][1].stdout)["rows"]
+            assert {s: n for s, n in shown.items() if n} == held
+            assert set(held) <= {"done", "dead"}, held
+            assert sum(held.values()) == 30, held
+            assert outputs[-4][1].code == 1  # the database failed: exit 1, not a crash
             assert "FAIL database" in outputs[-2][1].stdout, outputs[-2][1].stdout
             assert "Uid=postgres" in outputs[-2][1].stdout
             assert "database error on" in outputs[-1][1].stderr, outputs[-1][1].stderr

@@ -21,10 +21,10 @@ import pytest
 
 from engine.emulator import Emulator, EmulatorConfig, FaultConfig
 from engine.spool import spool_file_batch
-from tests.conftest import DbTarget
 from tests.integration.helpers import fetch
 from tests.reliability import harness
 from tests.reliability.cli import CliResult, cli, write_job
+from tests.support import DbTarget
 
 ROWS = 40
 WORKER = ["--worker-id", "w-spool"]

@@ -30,10 +30,10 @@ from engine.requests import RequestRenderer
 from engine.results import ResultParser
 from engine.store import BatchRecord, Store
 from engine.submitter import Submitter, TokenBudget
-from tests.conftest import DbTarget
-from tests.integration.test_engine import fast_settings
+from tests.integration.helpers import fast_settings
 from tests.reliability import harness
-from tests.reliability.test_api_faults import fast_api
+from tests.reliability.harness import fast_api
+from tests.support import DbTarget
 
 
 @contextlib.asynccontextmanager

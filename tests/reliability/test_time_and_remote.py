@@ -25,11 +25,11 @@ from pathlib import Path
 import pytest
 
 from engine.emulator import Emulator, EmulatorConfig
-from tests.conftest import DbTarget
 from tests.integration.helpers import fetch
 from tests.reliability import harness
 from tests.reliability.cli import cli, write_job
 from tests.reliability.holdproxy import HoldingProxy
+from tests.support import DbTarget
 
 ROWS = 25
 # Worker zone -> the database session's zone (the other side of UTC).

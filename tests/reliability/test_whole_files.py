@@ -16,11 +16,11 @@ from pathlib import Path
 import pytest
 
 from engine.emulator import Emulator, EmulatorConfig
-from tests.conftest import DbTarget
 from tests.integration.helpers import fetch
 from tests.reliability import harness
 from tests.reliability.apiproxy import ApiProxy, answered_twice
 from tests.reliability.cli import CliResult, cli, write_job
+from tests.support import DbTarget
 
 ROWS = 40  # 4 batches of 10
 KEY = "sk-whole-files-0123456789"

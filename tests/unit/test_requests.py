@@ -275,13 +275,9 @@ def test_token_estimate_grows_with_input_and_counts_schema() -> None:
     assert small > len(orjson.dumps(SCHEMA)) / 4
 
 
-def test_render_is_fast_enough() -> None:
-    import time
-
+def test_many_large_rows_render() -> None:
+    # The speed of this is scripts/bench_parts.py's "render" figure, against a baseline.
     renderer = RequestRenderer(make_job())
     rows = [item(str(i), resume="Experienced engineer. " * 200, notes="n") for i in range(2000)]
-    start = time.perf_counter()
     total = sum(len(renderer.render(r, 0).line) for r in rows)
-    elapsed = time.perf_counter() - start
     assert total > 2000 * 4000
-    assert elapsed < 2.0, f"2000 lines of ~4.5 KB took {elapsed:.2f}s"

@@ -370,12 +370,8 @@ def test_invalid_schema_is_a_config_error() -> None:
         ResultParser(make_job(output_schema={"type": "no-such-type"}))
 
 
-def test_parse_is_fast_enough(parser: ResultParser) -> None:
-    import time
-
+def test_many_lines_all_parse(parser: ResultParser) -> None:
+    # The speed of this is scripts/bench_parts.py's "parse" figure, against a baseline.
     lines = [chat_line(custom_id=f"cv|0|{i}") for i in range(5000)]
-    start = time.perf_counter()
     outcomes = [parser.parse_line(line) for line in lines]
-    elapsed = time.perf_counter() - start
     assert all(isinstance(o, Success) for o in outcomes)
-    assert elapsed < 3.0, f"5000 lines took {elapsed:.2f}s"

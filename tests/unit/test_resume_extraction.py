@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import random
-import time
 from collections import Counter
 from typing import Any
 
@@ -147,13 +146,10 @@ def test_empty_text_gives_nulls_and_empty_lists() -> None:
     assert all(got[name] == [] for name in ("skills", "education", "work_history"))
 
 
-def test_huge_input_is_fast_and_valid(validator: Draft202012Validator) -> None:
+def test_huge_input_is_valid(validator: Draft202012Validator) -> None:
+    # The speed of this is scripts/bench_parts.py's "extract" figure, against a baseline.
     resume = make_resume(3, 0).text
     huge = (resume + "\n" + "lorem ipsum dolor 2019-2020 " * 200 + "\n") * 300  # ~2 MB
-    started = time.perf_counter()
-    got = extract_resume(huge)
-    elapsed = time.perf_counter() - started
-    assert_valid(validator, got)
-    assert elapsed < 5.0, elapsed
+    assert_valid(validator, extract_resume(huge))
     prose_huge = "Someone is a professional based in " + "x" * 3_000_000
     assert_valid(validator, extract_resume(prose_huge))
