@@ -49,6 +49,12 @@ class Mutation:
 RECOVERY = "tests/integration/test_recovery.py"
 CRASH = "tests/reliability/test_crash_matrix.py"
 STALE = "tests/reliability/test_stale_owner.py"
+TIME = "tests/reliability/test_time_and_remote.py"
+OK = "tests/reliability/test_no_single_ok.py"
+POISON = "tests/reliability/test_poison.py"
+KEYS = "tests/reliability/test_keys.py"
+SPOOL = "tests/reliability/test_spool.py"
+WHOLE = "tests/reliability/test_whole_files.py"
 MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         name="fence_on_apply",
@@ -113,6 +119,7 @@ MUTATIONS: tuple[Mutation, ...] = (
         "                record.endpoint,\n"
         "                {\"engine_batch\": record.id, \"engine_job\": ctx.job.name},\n"
         "                deadline=deadline,\n"
+        "                wait_for_landing=not self._looping,\n"
         "            )\n",
         new="            async with ctx.store.pool.transaction():\n"
         "                batch = await ctx.api.create_batch(\n"
@@ -120,6 +127,7 @@ MUTATIONS: tuple[Mutation, ...] = (
         "                    record.endpoint,\n"
         "                    {\"engine_batch\": record.id, \"engine_job\": ctx.job.name},\n"
         "                    deadline=deadline,\n"
+        "                    wait_for_landing=not self._looping,\n"
         "                )\n",
         tests=("tests/integration/test_no_network_in_transaction.py",),
     ),
@@ -182,6 +190,142 @@ MUTATIONS: tuple[Mutation, ...] = (
         new="        ctx.held_elsewhere = []\n",
         tests=("tests/reliability/test_dead_workers.py::"
                "test_until_idle_beside_a_live_worker_names_it[sqlite]",),
+    ),
+    # -- issue 11: the guarantees from the outside --------------------------------------------
+    Mutation(
+        name="utc_read_back",
+        guarantee="6 time is UTC: stored times come back aware UTC",
+        path="engine/store/store.py",
+        old="    if found.tzinfo is None:\n        return found.replace(tzinfo=UTC)\n",
+        new="    if found.tzinfo is None:\n        return found\n",
+        tests=("tests/unit/test_time_utc.py::test_read_back_is_aware_utc",
+               f"{TIME}::test_after_create_restart_in_other_zones"),
+        quick=True,
+    ),
+    Mutation(
+        name="utc_sessions",
+        guarantee="6 time is UTC: server sessions run in UTC",
+        path="engine/store/dialects.py",
+        old="        return [\"SET TIME ZONE 'UTC'\"]",
+        new="        return []",
+        tests=("tests/unit/test_time_utc.py::test_server_sessions_are_put_in_utc",
+               f"{TIME}::test_after_create_restart_in_other_zones"),
+    ),
+    Mutation(
+        name="source_write_read_back",
+        guarantee="7 no single ok: a write that changed nothing is not done",
+        path="engine/store/store.py",
+        old="            if unwritten:\n                raise _SourceNotWrittenError(unwritten)",
+        new="            if False:\n                raise _SourceNotWrittenError(unwritten)",
+        tests=(f"{OK}::test_write_that_changed_nothing_is_not_done",),
+    ),
+    Mutation(
+        name="settle_before_applied",
+        guarantee="7 no single ok: a batch is applied only when all its rows are",
+        path="engine/writer.py",
+        old="        await self._settle(record, status, tally)\n",
+        new="",
+        tests=(f"{OK}::test_commit_that_did_not_happen_is_applied_again",),
+    ),
+    Mutation(
+        name="mariadb_strict",
+        guarantee="7 no single ok: MariaDB warnings are errors",
+        path="engine/store/dialects.py",
+        old="\"'STRICT_TRANS_TABLES', 'STRICT_ALL_TABLES')\",",
+        new="\"'NO_ZERO_DATE')\",",
+        tests=(f"{OK}::test_mariadb_session_is_strict_whatever_the_server_default",),
+    ),
+    Mutation(
+        name="poison_line_isolated",
+        guarantee="8 no poison: one unreadable answer fails its own row",
+        path="engine/results.py",
+        old="        except (RecursionError, ValueError, TypeError, OverflowError) as exc:",
+        new="        except (TypeError, OverflowError) as exc:",
+        also=(("engine/results.py", "        except RecursionError:\n            # orjson stops",
+               "        except ZeroDivisionError:\n            # orjson stops"),
+              ("engine/writer.py",
+               "                except Exception as exc:  # one line, however built, fails alone",
+               "                except ResultError as exc:"),),
+        tests=(f"{POISON}::test_deep_answer_fails_its_rows_only_through_the_cli",
+               f"{POISON}::test_any_line_fails_alone"),
+        quick=True,
+    ),
+    Mutation(
+        name="remote_gone_abandon",
+        guarantee="9 the remote side can forget: a 404 batch is abandoned",
+        path="engine/poller.py",
+        old="        await abandon_batch(ctx, record, reason, burn_attempt=False)\n        return"
+        " True",
+        new="        return False",
+        tests=(f"{TIME}::test_api_forgets_mid_run[sqlite]",),
+    ),
+    Mutation(
+        name="unique_key_check",
+        guarantee="10 one key one row: duplicate keys are refused",
+        path="engine/store/store.py",
+        old="            f\"GROUP BY s.{src.key} HAVING COUNT(*) > 1\"",
+        new="            f\"GROUP BY s.{src.key} HAVING COUNT(*) > 1000000\"",
+        tests=(f"{KEYS}::test_duplicate_keys_are_refused_and_nothing_is_claimed",),
+    ),
+    Mutation(
+        name="pending_filter_at_apply",
+        guarantee="10 nobody else's data: a row another writer took is not overwritten",
+        path="engine/store/store.py",
+        old="        pending = f\"CASE WHEN s.{src.processed} IS NULL{src.filter} THEN 1 ELSE 0"
+        " END\"",
+        new="        pending = \"1\"",
+        tests=(f"{KEYS}::test_another_writer_is_never_overwritten",),
+        quick=True,
+    ),
+    Mutation(
+        name="reset_rows_reopened",
+        guarantee="10 a row reset to pending by hand is processed again",
+        path="engine/store/store.py",
+        old="            f\"AND i.{c('source_key')} = {key_text} AND i.{c('state')} = 'done')\"",
+        new="            f\"AND i.{c('source_key')} = {key_text} AND i.{c('state')} = 'none')\"",
+        tests=(f"{KEYS}::test_a_row_reset_by_hand_is_processed_again",),
+    ),
+    Mutation(
+        name="spool_file_mode",
+        guarantee="12 personal data at rest: spool files 0600",
+        path="engine/spool.py",
+        old="            os.fchmod(fd, FILE_MODE)  # an existing file keeps its mode through"
+        " O_CREAT",
+        new="            os.fchmod(fd, 0o644)",
+        tests=(f"{SPOOL}::test_keep_spool_keeps_private_files_whatever_the_umask",),
+    ),
+    Mutation(
+        name="spool_removed_when_done",
+        guarantee="12 personal data at rest: a batch's files go when it ends",
+        path="engine/pipeline.py",
+        old="        if self.settings.keep_spool_files:\n            return\n"
+        "        for path in batch_files(",
+        new="        if True:\n            return\n        for path in batch_files(",
+        tests=(f"{SPOOL}::test_spool_private_through_sigkills_and_emptied_when_batches_end",),
+    ),
+    Mutation(
+        name="secret_masking_braces",
+        guarantee="12 secrets masked in every ODBC form",
+        path="engine/masking.py",
+        old="        end = _brace_end(dsn, first) if first < size and dsn[first] == \"{\" else"
+        " first",
+        new="        end = first",
+        tests=("tests/unit/test_masking.py",),
+        quick=True,
+    ),
+    # -- issue 18: identity at the edges ---------------------------------------------------------
+    Mutation(
+        name="whole_file_check",
+        guarantee="13 a file is whole before it counts",
+        path="engine/writer.py",
+        old="        if record.request_total <= 0:\n            return \"\"  # the API gave no"
+        " counts",
+        new="        if True:\n            return \"\"  # the API gave no counts",
+        also=(("engine/writer.py",
+               "            if last and not last.endswith(b\"\\n\") and not _is_result_line(last):",
+               "            if False:"),),
+        tests=(f"{WHOLE}::test_cut_download_is_fetched_again_never_resent",),
+        quick=True,
     ),
 )
 
