@@ -327,6 +327,30 @@ MUTATIONS: tuple[Mutation, ...] = (
         tests=(f"{WHOLE}::test_cut_download_is_fetched_again_never_resent",),
         quick=True,
     ),
+    Mutation(
+        name="late_create_twin_cancel",
+        guarantee="14 one live remote batch per local batch: late twins are cancelled",
+        path="engine/submitter.py",
+        old="                    if twin.id != keep_id and twin.status in _TWIN_LIVE:",
+        new="                    if False:",
+        tests=(f"{TIME}::test_create_landing_after_the_bound_is_cancelled",),
+    ),
+    Mutation(
+        name="custom_id_hashing",
+        guarantee="15 keys round-trip: long keys map to a 64-character custom_id",
+        path="engine/requests.py",
+        old="    if len(custom_id) <= MAX_CUSTOM_ID_CHARS and not key.startswith(_HASHED):",
+        new="    if True:",
+        tests=(f"{KEYS}::test_text_keys_round_trip_in_a_binary_no_pad_column",),
+    ),
+    Mutation(
+        name="job_identity",
+        guarantee="16 a job is one thing: a name reused for another identity is refused",
+        path="engine/store/store.py",
+        old="            elif recorded is not None and not self._same_identity(recorded, mine):",
+        new="            elif False:",
+        tests=(f"{KEYS}::test_one_name_for_two_tables_is_refused_unless_migrated",),
+    ),
 )
 
 

@@ -1135,16 +1135,20 @@ class Store:
             lost.extend(b for b in chunk if b not in owned)
         return lost
 
-    async def batch_items(self, batch_id: str) -> list[tuple[str, str, str, int]]:
-        """Return (key, claim_token, custom_id, attempts) of the items bound to a batch."""
+    async def batch_items(
+        self, batch_id: str, *, state: str | None = None
+    ) -> list[tuple[str, str, str, int]]:
+        """Return (key, claim_token, custom_id, attempts) of a batch's items (in one state)."""
         c = self._c
+        only = f" AND {c('state')} = ?" if state is not None else ""
         sql = (
             f"SELECT {c('source_key')}, {c('claim_token')}, {c('custom_id')}, {c('attempts')} "
-            f"FROM {self.tables.items} WHERE {c('batch_id')} = ? ORDER BY {c('source_key')}"
+            f"FROM {self.tables.items} WHERE {c('batch_id')} = ?{only} ORDER BY {c('source_key')}"
         )
+        params = [batch_id] if state is None else [batch_id, state]
 
         async def work(conn: Connection) -> list[tuple[Any, ...]]:
-            return await conn.fetchall(sql, [batch_id])
+            return await conn.fetchall(sql, params)
 
         return [(str(k), str(t), str(cid), int(a)) for k, t, cid, a in await self._read(work)]
 
@@ -1755,16 +1759,8 @@ class Store:
         Read on its own connection after the batch's results were applied: any row listed
         here had a transaction that reported success without committing.
         """
-        c = self._c
-        sql = (
-            f"SELECT {c('source_key')}, {c('claim_token')}, {c('custom_id')} "
-            f"FROM {self.tables.items} WHERE {c('batch_id')} = ? AND {c('state')} = 'submitted'"
-        )
-
-        async def work(conn: Connection) -> list[tuple[Any, ...]]:
-            return await conn.fetchall(sql, [batch_id])
-
-        return [(str(k), str(t), str(cid)) for k, t, cid in await self._read(work)]
+        items = await self.batch_items(batch_id, state="submitted")
+        return [(key, token, custom_id) for key, token, custom_id, _attempts in items]
 
     async def reopen_unsettled(self, job: JobSpec) -> list[str]:
         """Set ``applied`` batches that still have ``submitted`` items back to ``finished``.

@@ -105,11 +105,10 @@ async def test_write_that_changed_nothing_is_not_done(
             harness.cleanup(db)
 
 
+@pytest.mark.parametrize("server_db", ["mysql"], indirect=True)  # MariaDB's sql_mode
 async def test_mariadb_session_is_strict_whatever_the_server_default(
     server_db: DbTarget, tmp_path: Path
 ) -> None:
-    if server_db.dialect != "mysql":
-        pytest.skip("MariaDB's sql_mode")
     target = server_db
     lax = target.dsn.rstrip(";") + ";InitStmt=SET SESSION sql_mode=''"
     async with Emulator(EmulatorConfig(seed=64)) as emu:
@@ -132,11 +131,10 @@ async def test_mariadb_session_is_strict_whatever_the_server_default(
             harness.cleanup(target)
 
 
+@pytest.mark.parametrize("server_db", ["postgresql"], indirect=True)  # psqlODBC's lost COMMIT
 async def test_postgresql_connections_terminated_every_150ms(
     server_db: DbTarget, tmp_path: Path
 ) -> None:
-    if server_db.dialect != "postgresql":
-        pytest.skip("psqlODBC's lost COMMIT")
     full = os.environ.get("ENGINE_FULL_FIGURE") == "1"
     figures = await dbfaults.scenario_connections_terminated(
         server_db, tmp_path, rows=3000 if full else 400, every_s=0.15,
