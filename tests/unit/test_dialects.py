@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
+
 import pyodbc
 import pytest
 import sqlglot
@@ -243,3 +246,52 @@ def test_other_dialects_generate_sql(dialect: str) -> None:
 
 def test_settings_repr_hides_password() -> None:
     assert "secret" not in repr(_mssql_store().settings)
+
+
+class _RecordingConnection:
+    """Stands in for a pooled connection: records each statement, answers nothing."""
+
+    def __init__(self, seen: list[str]) -> None:
+        self.seen = seen
+
+    async def execute(self, sql: str, params: object = None) -> int:
+        self.seen.append(sql)
+        return 0
+
+    async def fetchall(self, sql: str, params: object = None) -> list[tuple[object, ...]]:
+        self.seen.append(sql)
+        return []
+
+
+class _RecordingPool:
+    """Hands out recording connections for transactions and reads alike."""
+
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[_RecordingConnection]:
+        yield _RecordingConnection(self.seen)
+
+    acquire = transaction
+
+
+async def test_mssql_heartbeat_and_dead_worker_sql_parse() -> None:
+    """SQL Server cannot run here: the heartbeat, the dead-worker sweep and the until-idle
+    holdings query are parsed as T-SQL, on the same code path as the other dialects."""
+    store, job = _mssql_store(), _job()
+    pool = _RecordingPool()
+    store._pool = pool  # type: ignore[assignment]
+    await store.heartbeat(job, "w1", 30.0)
+    await store.expire_dead_workers(job, "w1", ["draft", "submitted"])
+    await store.held_elsewhere(job, "w1", ["draft", "submitted"])
+    await store.forget_worker("w1")
+    kinds = [type(_parse(sql)[0]) for sql in pool.seen]
+    # the heartbeat UPDATE found no row, so the NOT EXISTS insert follows it
+    assert kinds[:2] == [exp.Update, exp.Insert]
+    assert "UPDLOCK, HOLDLOCK" in pool.seen[1]
+    assert kinds[2:5] == [exp.Update, exp.Update, exp.Delete]
+    assert all("SYSUTCDATETIME()" in sql for sql in pool.seen[:5])
+    assert kinds[5:7] == [exp.Select, exp.Select]
+    assert kinds[-1] is exp.Delete
+    assert len(pool.seen) == 8
