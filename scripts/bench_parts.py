@@ -46,6 +46,7 @@ from engine.results import ResultParser, Success  # noqa: E402
 from engine.resumes_data import fill_database, generate, make_resume  # noqa: E402
 from engine.store.models import ClaimedItem  # noqa: E402
 from engine.tokens import estimate_tokens  # noqa: E402
+from tests.integration.helpers import write_embedding_input  # noqa: E402
 
 MB = 1024 * 1024
 SCHEMA: dict[str, Any] = {
@@ -209,31 +210,13 @@ def part_resumes(sizes: Sizes, tmp: Path) -> float:
                   "generate alone", best_of(1, generated))
 
 
-def _write_input(path: Path, size: int) -> str:
-    """Write embedding request lines up to ``size`` bytes; return their SHA-256."""
-    digest = hashlib.sha256()
-    filler = "lorem ipsum dolor sit amet " * 180
-    with path.open("wb") as fh:
-        i = 0
-        while fh.tell() < size:
-            line = json.dumps({
-                "custom_id": f"row-{i}", "method": "POST", "url": "/v1/embeddings",
-                "body": {"model": "text-embedding-3-small", "input": f"{i} {filler}",
-                         "dimensions": 8},
-            }).encode() + b"\n"
-            fh.write(line)
-            digest.update(line)
-            i += 1
-    return digest.hexdigest()
-
-
 async def _stream(sizes: Sizes, tmp: Path) -> float:
     """Upload and download through an emulator process; print its RSS growth per direction."""
     import aiohttp
     import openai
 
     source = tmp / "big.jsonl"
-    want = _write_input(source, sizes.stream_mb * MB)
+    want = write_embedding_input(source, sizes.stream_mb * MB)
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "engine.emulator", "--port", "0", "--seed", "3",
         stdout=asyncio.subprocess.PIPE, cwd=str(ROOT),

@@ -148,6 +148,12 @@ def _to_datetime(value: Any) -> datetime | None:
 _APPLY_FAILED = re.compile(r"^(?:quarantined: )?apply failed (\d+) times: ")
 
 
+def _schema_and_table(name: str) -> tuple[str | None, str]:
+    """Split ``schema.table`` for information_schema lookups (no schema: the current one)."""
+    schema, _dot, table = name.rpartition(".")
+    return (schema or None), table
+
+
 def _error_text(reason: str) -> str:
     """Cap a stored error so any dialect's column holds it."""
     return reason[:_MAX_ERROR_CHARS]
@@ -550,8 +556,7 @@ class Store:
         c = self._c
         if self.dialect.name == "mysql":
             # 2: source_key compares exactly (NO PAD binary): 'pad' and 'pad ' are two items.
-            parts = self.settings.items_table.split(".")
-            schema, table = (parts[0], parts[1]) if len(parts) == 2 else (None, parts[0])
+            schema, table = _schema_and_table(self.settings.items_table)
             found = await conn.fetchall(
                 "SELECT COLLATION_NAME FROM information_schema.COLUMNS "
                 "WHERE TABLE_SCHEMA = COALESCE(?, DATABASE()) AND TABLE_NAME = ? "
@@ -2033,8 +2038,7 @@ class Store:
             )
             return bool(rows)
         if self.dialect.name == "mysql":
-            parts = job.source.table.split(".")
-            schema, table = (parts[0], parts[1]) if len(parts) == 2 else (None, parts[0])
+            schema, table = _schema_and_table(job.source.table)
             rows = await conn.fetchall(
                 "SELECT INDEX_NAME FROM information_schema.STATISTICS "
                 "WHERE TABLE_SCHEMA = COALESCE(?, DATABASE()) AND TABLE_NAME = ? "

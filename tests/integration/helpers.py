@@ -3,6 +3,7 @@ tests share, and the emulator's answers read back."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import replace
@@ -263,3 +264,21 @@ def job_for(prefix: str, name: str = "cands") -> JobSpec:
             ColumnMapping(field="score", column="score", kind="float"),
         ),
     )
+
+
+def write_embedding_input(path: Path, size: int) -> str:
+    """Write embedding request lines (about 4.9 kB each) up to ``size`` bytes; return SHA-256."""
+    digest = hashlib.sha256()
+    filler = "lorem ipsum dolor sit amet " * 180
+    with path.open("wb") as fh:
+        i = 0
+        while fh.tell() < size:
+            line = json.dumps({
+                "custom_id": f"row-{i}", "method": "POST", "url": "/v1/embeddings",
+                "body": {"model": "text-embedding-3-small", "input": f"{i} {filler}",
+                         "dimensions": 8},
+            }).encode() + b"\n"
+            fh.write(line)
+            digest.update(line)
+            i += 1
+    return digest.hexdigest()

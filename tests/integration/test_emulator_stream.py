@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import signal
 import sys
 from pathlib import Path
@@ -14,6 +13,8 @@ from typing import Any
 import aiohttp
 import openai
 import pytest
+
+from tests.integration.helpers import write_embedding_input
 
 MB = 1024 * 1024
 
@@ -24,27 +25,10 @@ async def server_memory(root: str) -> dict[str, Any]:
     return stats
 
 
-def write_input(path: Path, size: int) -> str:
-    digest = hashlib.sha256()
-    filler = "lorem ipsum dolor sit amet " * 180  # ~4.9 kB of text per line
-    with path.open("wb") as fh:
-        i = 0
-        while fh.tell() < size:
-            line = json.dumps({
-                "custom_id": f"row-{i}", "method": "POST", "url": "/v1/embeddings",
-                "body": {"model": "text-embedding-3-small", "input": f"{i} {filler}",
-                         "dimensions": 8},
-            }).encode() + b"\n"
-            fh.write(line)
-            digest.update(line)
-            i += 1
-    return digest.hexdigest()
-
-
 @pytest.mark.slow
 async def test_cli_serves_and_50mb_upload_download_stay_out_of_memory(tmp_path: Path):
     source = tmp_path / "big.jsonl"
-    want = write_input(source, 50 * MB)
+    want = write_embedding_input(source, 50 * MB)
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "engine.emulator", "--port", "0", "--seed", "3",
         stdout=asyncio.subprocess.PIPE,

@@ -102,17 +102,6 @@ async def test_after_create_restart_in_other_zones(
             harness.cleanup(target)
 
 
-async def _wait_submitted(target: DbTarget, count: int) -> None:
-    """Wait until ``count`` batches are live remotely (state submitted)."""
-    for _ in range(600):
-        got = fetch(target.dsn, f"SELECT COUNT(*) FROM {target.prefix}batches "
-                    "WHERE state = 'submitted'")
-        if int(got[0][0]) >= count:
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"never {count} batches submitted")
-
-
 async def test_api_forgets_mid_run(db: DbTarget, tmp_path: Path) -> None:
     rows = 30
     async with Emulator(EmulatorConfig(seed=32, latency_s=3.0)) as emu:
@@ -124,7 +113,7 @@ async def test_api_forgets_mid_run(db: DbTarget, tmp_path: Path) -> None:
             })
             env = {"OPENAI_API_KEY": "sk-test-forget", "OPENAI_BASE_URL": emu.base_url}
             run = asyncio.create_task(cli("run", "--job", str(job), "--until-idle", env=env))
-            await _wait_submitted(db, 2)  # every in-flight slot is held by a live batch
+            await harness.wait_for_submitted(db, 2)  # every in-flight slot is held by a live batch
             forgotten = emu.forget()
             result = await run
             assert result.code == 0, result.stderr[-3000:]
